@@ -133,8 +133,8 @@ OutputAgreement compare_one(Output o, const HostTensor& got, const std::vector<d
                             double threshold) {
   OutputAgreement a{o, 0, 0, threshold, -1, {}};
   if (got.numel() != ref.size()) {
-    a.failure = fmt::format("{} has {} elements, reference {}", to_string(o), got.numel(),
-                            ref.size());
+    a.failure =
+        fmt::format("{} has {} elements, reference {}", to_string(o), got.numel(), ref.size());
     return a;
   }
   const std::size_t n = ref.size();
@@ -165,10 +165,10 @@ OutputAgreement compare_one(Output o, const HostTensor& got, const std::vector<d
     a.failure = fmt::format("{} is mostly zeros ({} of {}) where the reference is not",
                             to_string(o), got_zeros, n);
   } else if (!(a.max_rel_err <= threshold)) {
-    a.failure = fmt::format("{} error {:.3g} > threshold {:.3g} at index {} (got {:.9g}, want {:.9g})",
-                            to_string(o), a.max_rel_err, threshold, a.worst_index,
-                            got.get(static_cast<std::size_t>(a.worst_index)),
-                            ref[static_cast<std::size_t>(a.worst_index)]);
+    a.failure = fmt::format(
+        "{} error {:.3g} > threshold {:.3g} at index {} (got {:.9g}, want {:.9g})", to_string(o),
+        a.max_rel_err, threshold, a.worst_index, got.get(static_cast<std::size_t>(a.worst_index)),
+        ref[static_cast<std::size_t>(a.worst_index)]);
   }
   return a;
 }
@@ -184,10 +184,10 @@ Agreement compare(const Problem& p, const CaseInputs& in, const CaseOutputs& got
     const DType out_dt = (o == Output::y || o == Output::dx) ? p.dtype : DType::f32;
     // Saved statistics and running statistics come from a reduction over M elements as well;
     // dgamma/dbeta sum over N * (elements per parameter), bounded by numel.
-    const std::int64_t m = (o == Output::dgamma || o == Output::dbeta) ? p.numel()
-                                                                         : p.reduction_size();
-    OutputAgreement a = compare_one(o, got_tensor(got, o), ref_tensor(ref, o),
-                                    tolerance(out_dt, m, kappa));
+    const std::int64_t m =
+        (o == Output::dgamma || o == Output::dbeta) ? p.numel() : p.reduction_size();
+    OutputAgreement a =
+        compare_one(o, got_tensor(got, o), ref_tensor(ref, o), tolerance(out_dt, m, kappa));
     const double ratio = a.failure.empty() ? a.max_rel_err / a.threshold : INFINITY;
     if (ratio > worst_ratio) {
       worst_ratio = ratio;

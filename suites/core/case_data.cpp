@@ -129,7 +129,8 @@ CaseOutputs make_outputs(const Problem& p, const CaseInputs& in, std::size_t mis
     out.dx = HostTensor(p.dtype, numel, misalign_bytes);
     if (p.affine) {
       out.dgamma = HostTensor(DType::f32, static_cast<std::size_t>(p.param_count()));
-      if (p.has_beta()) out.dbeta = HostTensor(DType::f32, static_cast<std::size_t>(p.param_count()));
+      if (p.has_beta())
+        out.dbeta = HostTensor(DType::f32, static_cast<std::size_t>(p.param_count()));
     }
     return out;
   }
@@ -149,7 +150,6 @@ KernelArgs bind(const Problem& p, const CaseInputs& in, CaseOutputs& out) {
   KernelArgs a;
   a.x = in.x.data();
   a.gamma = in.gamma.f32();
-  a.beta = in.beta.f32();
   if (p.pass == Pass::bwd) {
     a.dy = in.dy.data();
     a.mean = const_cast<float*>(in.mean.f32());  // read-only in bwd
@@ -159,6 +159,7 @@ KernelArgs bind(const Problem& p, const CaseInputs& in, CaseOutputs& out) {
     a.dbeta = out.dbeta.f32();
     return a;
   }
+  a.beta = in.beta.f32();
   a.y = out.y.data();
   a.mean = out.mean.f32();
   a.invstd = out.invstd.f32();
@@ -189,8 +190,7 @@ std::uint64_t case_memory_bytes(const Problem& p, int backends) {
   const std::uint64_t big_inputs = p.pass == Pass::bwd ? 2 : 1;  // x (and dy)
   // inputs in dtype + per backend one big output + fp64 reference: inputs, output, and the
   // to_double temporaries of the comparison (one tensor at a time).
-  return numel * (big_inputs * e + static_cast<std::uint64_t>(backends) * e +
-                  8 * (big_inputs + 2));
+  return numel * (big_inputs * e + static_cast<std::uint64_t>(backends) * e + 8 * (big_inputs + 2));
 }
 
 }  // namespace nb

@@ -1,12 +1,12 @@
 #include "config.hpp"
 
 #include <fmt/format.h>
+#include <toml++/toml.h>
 
 #include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 namespace nb {
 
@@ -61,7 +61,8 @@ void each(const toml::node& n, F&& f) {
 std::vector<std::string> strings(const toml::node& n, const Ctx& ctx, const std::string& key) {
   std::vector<std::string> out;
   each(n, [&](const toml::node& e) {
-    if (!e.is_string()) ctx.fail(key, "expected a string or a list of strings, got " + type_name(e));
+    if (!e.is_string())
+      ctx.fail(key, "expected a string or a list of strings, got " + type_name(e));
     out.push_back(std::string(*e.as_string()));
   });
   if (out.empty()) ctx.fail(key, "expected at least one value, got an empty list");
@@ -91,8 +92,8 @@ std::vector<std::int64_t> integers(const toml::node& n, const Ctx& ctx, const st
     const auto stop = (*t)["stop"].value<std::int64_t>();
     const auto mul = (*t)["mul"].value<std::int64_t>();
     const auto add = (*t)["add"].value<std::int64_t>();
-    if (!start || !stop || (!mul == !add) || *start < 1 || *stop < *start ||
-        (mul && *mul < 2) || (add && *add < 1))
+    if (!start || !stop || (!mul == !add) || *start < 1 || *stop < *start || (mul && *mul < 2) ||
+        (add && *add < 1))
       ctx.fail(key, expected + " with integers start >= 1, stop >= start, mul >= 2 or add >= 1");
     for (std::int64_t v = *start; v <= *stop; v = mul ? v * *mul : v + *add) out.push_back(v);
     return out;
@@ -121,7 +122,8 @@ std::vector<double> floats(const toml::node& n, const Ctx& ctx, const std::strin
 std::vector<bool> booleans(const toml::node& n, const Ctx& ctx, const std::string& key) {
   std::vector<bool> out;
   each(n, [&](const toml::node& e) {
-    if (!e.is_boolean()) ctx.fail(key, "expected true/false or a list of them, got " + type_name(e));
+    if (!e.is_boolean())
+      ctx.fail(key, "expected true/false or a list of them, got " + type_name(e));
     out.push_back(e.as_boolean()->get());
   });
   return out;
@@ -129,8 +131,8 @@ std::vector<bool> booleans(const toml::node& n, const Ctx& ctx, const std::strin
 
 void parse_settings(const toml::table& t, SweepSettings& s, const std::string& source) {
   const Ctx ctx{source, "[sweep]"};
-  check_keys(t, ctx, {"name", "backends", "repetitions", "min_time", "modes", "distributions",
-                      "seed"});
+  check_keys(t, ctx,
+             {"name", "backends", "repetitions", "min_time", "modes", "distributions", "seed"});
   if (auto v = t["name"]) {
     if (!v.is_string()) ctx.fail("name", "expected a string, got " + type_name(*v.node()));
     s.name = std::string(*v.as_string());
@@ -150,35 +152,37 @@ void parse_settings(const toml::table& t, SweepSettings& s, const std::string& s
   }
   if (auto v = t["modes"]) s.modes = enums<TimingMode>(*v.node(), ctx, "modes", parse_timing_mode);
   if (auto v = t["distributions"])
-    s.distributions =
-        enums<Distribution>(*v.node(), ctx, "distributions", parse_distribution);
+    s.distributions = enums<Distribution>(*v.node(), ctx, "distributions", parse_distribution);
   if (auto v = t["seed"]) {
     const auto r = v.value_exact<std::int64_t>();
-    if (!r || *r < 0) ctx.fail("seed", "expected a non-negative integer, got " + type_name(*v.node()));
+    if (!r || *r < 0)
+      ctx.fail("seed", "expected a non-negative integer, got " + type_name(*v.node()));
     s.seed = static_cast<std::uint64_t>(*r);
   }
 }
 
 void parse_block(const toml::table& t, const Ctx& ctx, std::vector<Problem>& out) {
-  check_keys(t, ctx, {"methods", "passes", "dtypes", "layouts", "n", "c", "h", "w", "hw", "shapes",
-                      "groups", "eps", "momentum", "affine"});
+  check_keys(t, ctx,
+             {"methods", "passes", "dtypes", "layouts", "n", "c", "h", "w", "hw", "shapes",
+              "groups", "eps", "momentum", "affine"});
   auto get = [&](const char* k) { return t[k].node(); };
   if (!get("methods")) ctx.fail("methods", "required key missing (expected a list of methods)");
   const auto methods = enums<Method>(*get("methods"), ctx, "methods", parse_method);
-  const auto passes = get("passes") ? enums<Pass>(*get("passes"), ctx, "passes", parse_pass)
-                                    : std::vector<Pass>(std::begin(kAllPasses), std::end(kAllPasses));
+  const auto passes = get("passes")
+                          ? enums<Pass>(*get("passes"), ctx, "passes", parse_pass)
+                          : std::vector<Pass>(std::begin(kAllPasses), std::end(kAllPasses));
   const auto dtypes = get("dtypes") ? enums<DType>(*get("dtypes"), ctx, "dtypes", parse_dtype)
                                     : std::vector<DType>{DType::f32};
   const auto layouts = get("layouts") ? enums<Layout>(*get("layouts"), ctx, "layouts", parse_layout)
                                       : std::vector<Layout>{Layout::nchw};
   const auto ns = get("n") ? integers(*get("n"), ctx, "n") : std::vector<std::int64_t>{};
-  const auto groups = get("groups") ? integers(*get("groups"), ctx, "groups")
-                                    : std::vector<std::int64_t>{1};
+  const auto groups =
+      get("groups") ? integers(*get("groups"), ctx, "groups") : std::vector<std::int64_t>{1};
   const auto epss = get("eps") ? floats(*get("eps"), ctx, "eps") : std::vector<double>{1e-5};
-  const auto moms = get("momentum") ? floats(*get("momentum"), ctx, "momentum")
-                                    : std::vector<double>{0.1};
-  const auto affines = get("affine") ? booleans(*get("affine"), ctx, "affine")
-                                     : std::vector<bool>{true};
+  const auto moms =
+      get("momentum") ? floats(*get("momentum"), ctx, "momentum") : std::vector<double>{0.1};
+  const auto affines =
+      get("affine") ? booleans(*get("affine"), ctx, "affine") : std::vector<bool>{true};
 
   // Shapes: explicit list, or the product of the c/h/w axes; each crossed with n when it has none.
   std::vector<std::pair<Problem, bool>> shapes;  // (shape, needs n from the axis)
@@ -199,15 +203,15 @@ void parse_block(const toml::table& t, const Ctx& ctx, std::vector<Problem>& out
     if (!get("c")) ctx.fail("c", "required key missing (give c with h/w/hw, or shapes)");
     if (get("hw") && (get("h") || get("w"))) ctx.fail("hw", "give hw or h/w, not both");
     const auto cs = integers(*get("c"), ctx, "c");
-    const auto hs = get("hw") ? integers(*get("hw"), ctx, "hw")
-                              : (get("h") ? integers(*get("h"), ctx, "h")
-                                          : std::vector<std::int64_t>{1});
+    const auto hs = get("hw")
+                        ? integers(*get("hw"), ctx, "hw")
+                        : (get("h") ? integers(*get("h"), ctx, "h") : std::vector<std::int64_t>{1});
     const auto ws_axis = get("w") ? integers(*get("w"), ctx, "w") : std::vector<std::int64_t>{};
     for (auto c : cs)
       for (auto h : hs) {
-        const auto ws = get("hw") ? std::vector<std::int64_t>{h}
-                                  : (ws_axis.empty() ? std::vector<std::int64_t>{get("h") ? h : 1}
-                                                     : ws_axis);
+        const auto ws =
+            get("hw") ? std::vector<std::int64_t>{h}
+                      : (ws_axis.empty() ? std::vector<std::int64_t>{get("h") ? h : 1} : ws_axis);
         for (auto w : ws) {
           Problem p;
           p.n = -1;
@@ -218,7 +222,8 @@ void parse_block(const toml::table& t, const Ctx& ctx, std::vector<Problem>& out
         }
       }
   }
-  const bool any_needs_n = std::any_of(shapes.begin(), shapes.end(), [](auto& s) { return s.second; });
+  const bool any_needs_n =
+      std::any_of(shapes.begin(), shapes.end(), [](auto& s) { return s.second; });
   if (any_needs_n && ns.empty()) ctx.fail("n", "required key missing (a shape has no n<N>)");
 
   for (Method m : methods)

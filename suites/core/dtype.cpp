@@ -45,14 +45,15 @@ std::uint16_t float_to_f16(float f) {
   const std::uint32_t u = float_bits(f);
   const std::uint16_t sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
   const std::uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;  // NaN
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
   if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: infinity
   if (abs < 0x38800000u) {  // below the smallest normal 2^-14: subnormal or zero
     // Value = abs_float; subnormal unit is 2^-24. Round to nearest even in integer arithmetic.
     if (abs < 0x33000000u) return sign;  // < 2^-25 rounds to zero (2^-25 ties to even zero)
     const std::uint32_t mant = (abs & 0x007fffffu) | 0x00800000u;
-    const int exp = static_cast<int>(abs >> 23);  // biased fp32 exponent, value = mant * 2^(exp-150)
-    const int shift = 126 - exp;                  // to units of 2^-24: mant >> (150-24-exp)
+    const int exp =
+        static_cast<int>(abs >> 23);  // biased fp32 exponent, value = mant * 2^(exp-150)
+    const int shift = 126 - exp;      // to units of 2^-24: mant >> (150-24-exp)
     const std::uint32_t q = mant >> shift;
     const std::uint32_t rem = mant & ((1u << shift) - 1u);
     const std::uint32_t half = 1u << (shift - 1);

@@ -44,7 +44,9 @@ inline std::uint16_t float_to_bf16(float f) {
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<std::uint16_t>(u >> 16);
 }
-inline float bf16_to_float(std::uint16_t h) { return bits_float(static_cast<std::uint32_t>(h) << 16); }
+inline float bf16_to_float(std::uint16_t h) {
+  return bits_float(static_cast<std::uint32_t>(h) << 16);
+}
 
 /// fp32 -> IEEE binary16 bits, round to nearest even, overflow to infinity, subnormals kept.
 std::uint16_t float_to_f16(float f);

@@ -75,10 +75,11 @@ struct Writer {
     const bool big = role == "x" || role == "y" || role == "dy" || role == "dx";
     const auto shape = big ? tensor_shape(p) : small_shape(p, role, t.numel());
     write_npy(dir + "/" + file, descr_of(t.dtype()), shape, t.data(), t.bytes());
-    files[file] = {{"role", role},
-                   {"produced_by", owner},
-                   {"dtype", t.dtype() == DType::bf16 ? "bf16_bits" : std::string(to_string(t.dtype()))},
-                   {"shape", shape}};
+    files[file] = {
+        {"role", role},
+        {"produced_by", owner},
+        {"dtype", t.dtype() == DType::bf16 ? "bf16_bits" : std::string(to_string(t.dtype()))},
+        {"shape", shape}};
   }
   void reference(const std::string& role, const std::vector<double>& v) {
     if (v.empty()) return;
@@ -86,8 +87,10 @@ struct Writer {
     const auto shape = big ? tensor_shape(p) : small_shape(p, role, v.size());
     const std::string file = "reference." + role + ".npy";
     write_npy(dir + "/" + file, "<f8", shape, v.data(), v.size() * 8);
-    files[file] = {{"role", role}, {"produced_by", "reference (fp64, before rounding)"},
-                   {"dtype", "f64"}, {"shape", shape}};
+    files[file] = {{"role", role},
+                   {"produced_by", "reference (fp64, before rounding)"},
+                   {"dtype", "f64"},
+                   {"shape", shape}};
   }
 };
 
@@ -99,8 +102,7 @@ std::string dump_case(const std::string& dir, int case_index, const Problem& p, 
   std::string name = to_repro(p);
   for (char& ch : name)
     if (ch == ':') ch = '_';
-  const std::string path =
-      fmt::format("{}/{:04d}_{}_{}", dir, case_index, name, to_string(dist));
+  const std::string path = fmt::format("{}/{:04d}_{}_{}", dir, case_index, name, to_string(dist));
   std::filesystem::create_directories(path);
   Writer w{path, p};
   w.tensor("x.npy", "x", "input", in.x);
@@ -146,14 +148,24 @@ std::string dump_case(const std::string& dir, int case_index, const Problem& p, 
   nlohmann::json m = {
       {"repro", to_repro(p)},
       {"problem",
-       {{"method", to_string(p.method)}, {"pass", to_string(p.pass)},
-        {"dtype", to_string(p.dtype)}, {"layout", to_string(p.layout)}, {"n", p.n}, {"c", p.c},
-        {"h", p.h}, {"w", p.w}, {"num_groups", p.groups}, {"eps", p.eps},
-        {"momentum", p.momentum}, {"affine", p.affine}}},
+       {{"method", to_string(p.method)},
+        {"pass", to_string(p.pass)},
+        {"dtype", to_string(p.dtype)},
+        {"layout", to_string(p.layout)},
+        {"n", p.n},
+        {"c", p.c},
+        {"h", p.h},
+        {"w", p.w},
+        {"num_groups", p.groups},
+        {"eps", p.eps},
+        {"momentum", p.momentum},
+        {"affine", p.affine}}},
       {"distribution", to_string(dist)},
-      {"layout_note", "x, y, dy, dx are in memory order: (N, C, H, W) for nchw, (N, H, W, C) for nhwc"},
-      {"bf16_note", "bf16_bits arrays hold raw bfloat16 bits; widen with "
-                    "(a.astype(numpy.uint32) << 16).view(numpy.float32)"},
+      {"layout_note",
+       "x, y, dy, dx are in memory order: (N, C, H, W) for nchw, (N, H, W, C) for nhwc"},
+      {"bf16_note",
+       "bf16_bits arrays hold raw bfloat16 bits; widen with "
+       "(a.astype(numpy.uint32) << 16).view(numpy.float32)"},
       {"files", w.files},
       {"agreement", agreements}};
   std::ofstream f(path + "/manifest.json");

@@ -3,8 +3,8 @@
 //   DIR/<case index>_<repro with ':' -> '_'>_<dist>/manifest.json, x.npy, ..., <backend>.y.npy
 // Arrays are stored in memory order with their logical shape: x/y/dy/dx as (N, C, H, W) for
 // nchw and (N, H, W, C) for nhwc; f32 as '<f4', f16 as '<f2', bf16 as raw bits '<u2' (NumPy has
-// no bfloat16; the manifest says "bf16_bits": widen with (bits.astype(uint32) << 16).view(float32)).
-// Reference outputs are fp64 ('<f8'), before rounding to the dtype.
+// no bfloat16; the manifest says "bf16_bits": widen with (bits.astype(uint32) <<
+// 16).view(float32)). Reference outputs are fp64 ('<f8'), before rounding to the dtype.
 #pragma once
 
 #include <string>

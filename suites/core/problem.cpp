@@ -159,7 +159,10 @@ std::string to_repro(const Problem& p) {
 }
 
 void parse_shape(std::string_view s, Problem& p, bool allow_missing_n) {
-  std::optional<std::int64_t> v[128];
+  std::optional<std::int64_t> field[128];
+  auto v = [&](char k) -> std::optional<std::int64_t>& {
+    return field[static_cast<unsigned char>(k)];
+  };
   std::size_t i = 0;
   if (s.empty()) throw std::invalid_argument("empty shape");
   while (i < s.size()) {
@@ -169,30 +172,31 @@ void parse_shape(std::string_view s, Problem& p, bool allow_missing_n) {
           "bad shape '{}': unexpected '{}' (expected n<N>c<C>h<H>w<W>[g<G>] or t<T>d<D>)", s, key));
     std::size_t j = i + 1;
     while (j < s.size() && (std::isdigit(static_cast<unsigned char>(s[j])) || s[j] == '-')) ++j;
-    if (v[key]) throw std::invalid_argument(fmt::format("bad shape '{}': '{}' given twice", s, key));
-    v[key] = parse_int(s.substr(i + 1, j - i - 1), key, s);
+    if (v(key))
+      throw std::invalid_argument(fmt::format("bad shape '{}': '{}' given twice", s, key));
+    v(key) = parse_int(s.substr(i + 1, j - i - 1), key, s);
     i = j;
   }
-  const bool rows = v['t'] || v['d'];
+  const bool rows = v('t') || v('d');
   if (rows) {
-    if (v['n'] || v['c'] || v['h'] || v['w'] || v['g'])
+    if (v('n') || v('c') || v('h') || v('w') || v('g'))
       throw std::invalid_argument(
           fmt::format("bad shape '{}': t<T>d<D> cannot be mixed with n/c/h/w/g", s));
-    if (!v['t'] || !v['d'])
+    if (!v('t') || !v('d'))
       throw std::invalid_argument(fmt::format("bad shape '{}': rows need both t and d", s));
-    p.n = *v['t'];
-    p.c = *v['d'];
+    p.n = *v('t');
+    p.c = *v('d');
     p.h = p.w = 1;
     return;
   }
-  if (!v['c']) throw std::invalid_argument(fmt::format("bad shape '{}': missing c<C>", s));
-  if (!v['n'] && !allow_missing_n)
+  if (!v('c')) throw std::invalid_argument(fmt::format("bad shape '{}': missing c<C>", s));
+  if (!v('n') && !allow_missing_n)
     throw std::invalid_argument(fmt::format("bad shape '{}': missing n<N>", s));
-  if (v['n']) p.n = *v['n'];
-  p.c = *v['c'];
-  p.h = v['h'] ? *v['h'] : (v['w'] ? *v['w'] : 1);
-  p.w = v['w'] ? *v['w'] : p.h;
-  if (v['g']) p.groups = *v['g'];
+  if (v('n')) p.n = *v('n');
+  p.c = *v('c');
+  p.h = v('h') ? *v('h') : (v('w') ? *v('w') : 1);
+  p.w = v('w') ? *v('w') : p.h;
+  if (v('g')) p.groups = *v('g');
 }
 
 Problem parse_repro(std::string_view s) {
@@ -205,8 +209,8 @@ Problem parse_repro(std::string_view s) {
     start = k + 1;
   }
   if (f.size() < 5)
-    throw std::invalid_argument(fmt::format(
-        "bad repro '{}': expected METHOD:PASS:DTYPE:LAYOUT:SHAPE[:OPTION...]", s));
+    throw std::invalid_argument(
+        fmt::format("bad repro '{}': expected METHOD:PASS:DTYPE:LAYOUT:SHAPE[:OPTION...]", s));
   Problem p;
   p.method = parse_method(f[0]);
   p.pass = parse_pass(f[1]);

@@ -11,7 +11,7 @@
 //   SHAPE   n<N>c<C>h<H>w<W>[g<G>]   image tensor (N, C, H, W); g only for groupnorm
 //           t<T>d<D>                 rows of a (T, D) tensor, LayerNorm/RMSNorm only
 //                                    (= n<T>c<D>h1w1, normalized_shape (D))
-//           a missing w equals h, a missing h or w means 1 when both are missing (n2c8 = n2c8h1w1)
+//           a missing w equals h and a missing h equals w; both missing means 1 (n2c8 = n2c8h1w1)
 //   OPTION  eps<float>  (default 1e-05)     mom<float>  (batchnorm only, default 0.1)
 //           noaffine    (no gamma/beta; the default is affine)
 //
@@ -107,9 +107,9 @@ std::string to_repro(const Problem& p);
 /// naming the offending field on a syntax error, an unknown name or an invalid problem.
 Problem parse_repro(std::string_view s);
 
-/// Parses just the SHAPE field into p (n, c, h, w, groups). Fields absent from the text keep
-/// their values in p when keep_missing_n is true and the text starts with 'c' (used by configs
-/// that cross a shape list with a batch axis). Throws std::invalid_argument on a syntax error.
+/// Parses just the SHAPE field into p (n, c, h, w, groups). When allow_missing_n is true a shape
+/// without n<N> is accepted and p.n is left as it was (configs cross such shapes with a batch
+/// axis). Throws std::invalid_argument on a syntax error.
 void parse_shape(std::string_view s, Problem& p, bool allow_missing_n = false);
 /// Prints the SHAPE field of p in canonical form.
 std::string shape_string(const Problem& p);

@@ -38,8 +38,8 @@ Registry& Registry::instance() {
 void Registry::add(Registration r) {
   if (find(r.backend, r.method, r.pass, r.dtype, r.layout))
     throw std::logic_error(fmt::format("duplicate registration {} {} {} {} {}", r.backend,
-                                       to_string(r.method), to_string(r.pass),
-                                       to_string(r.dtype), to_string(r.layout)));
+                                       to_string(r.method), to_string(r.pass), to_string(r.dtype),
+                                       to_string(r.layout)));
   regs_.push_back(std::move(r));
 }
 
@@ -70,8 +70,7 @@ std::optional<std::string> Registry::backend_unavailable_reason(std::string_view
 
 void register_implementation(const std::string& backend, std::shared_ptr<Implementation> impl,
                              std::vector<Method> methods, std::vector<Pass> passes,
-                             std::vector<DType> dtypes, std::vector<Layout> layouts,
-                             bool hidden) {
+                             std::vector<DType> dtypes, std::vector<Layout> layouts, bool hidden) {
   for (Method m : methods)
     for (Pass p : passes)
       for (DType d : dtypes)

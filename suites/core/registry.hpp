@@ -28,8 +28,10 @@ namespace nb {
 ///                         bwd reads them (saved by a forward), fwd_infer leaves them nullptr.
 ///                         rmsnorm has no mean (nullptr); its invstd is 1/sqrt(mean(x^2) + eps).
 ///   running_mean/var      fp32, C elements, batchnorm only: fwd_train reads and updates them
-///                         (unbiased variance, CONVENTIONS section 1), fwd_infer normalises with them
-///   dgamma, dbeta         fp32, param_count() elements, bwd with affine (dbeta nullptr for rmsnorm)
+///                         (unbiased variance, CONVENTIONS section 1), fwd_infer normalises with
+///                         them
+///   dgamma, dbeta         fp32, param_count() elements, bwd with affine (dbeta nullptr for
+///   rmsnorm)
 /// Every pointer not used by the problem's pass is nullptr.
 struct KernelArgs {
   const void* x = nullptr;
@@ -122,8 +124,8 @@ struct BackendRegistrar {
 
 /// Defines a function run once at program start that registers a backend's implementations:
 ///   NB_REGISTER_BACKEND(openmp) { nb::register_implementation("openmp", ...); }
-#define NB_REGISTER_BACKEND(name)                                                  \
-  static void nb_register_backend_##name();                                        \
+#define NB_REGISTER_BACKEND(name)                                                 \
+  static void nb_register_backend_##name();                                       \
   [[maybe_unused]] static const nb::BackendRegistrar nb_backend_registrar_##name{ \
-      &nb_register_backend_##name};                                                \
+      &nb_register_backend_##name};                                               \
   static void nb_register_backend_##name()

@@ -15,11 +15,11 @@ const std::vector<std::string>& csv_columns() {
       // run metadata
       "utc_time", "git_commit", "cpu_model", "compiler", "threads",
       // what ran
-      "backend", "impl_info", "method", "pass", "dtype", "layout", "n", "c", "h", "w",
-      "num_groups", "eps", "momentum", "affine", "repro", "dist", "mode",
+      "backend", "impl_info", "method", "pass", "dtype", "layout", "n", "c", "h", "w", "num_groups",
+      "eps", "momentum", "affine", "repro", "dist", "mode",
       // time (microseconds, per run of the pass)
-      "repetitions", "iterations", "time_median_us", "time_min_us", "time_max_us",
-      "time_p25_us", "time_p75_us",
+      "repetitions", "iterations", "time_median_us", "time_min_us", "time_max_us", "time_p25_us",
+      "time_p75_us",
       // roofline
       "bytes", "traffic_model", "gbps", "copy_gbps", "copy_nt_gbps", "frac_copy_nt",
       // agreement with the reference
@@ -85,8 +85,8 @@ CsvWriter::CsvWriter(const std::string& path, bool resume) {
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     const std::size_t eol = text.find('\n');
     if (eol == std::string::npos || text.substr(0, eol) != header_line())
-      throw std::runtime_error(fmt::format(
-          "{}: cannot resume: its header is not this version's CSV header", path));
+      throw std::runtime_error(
+          fmt::format("{}: cannot resume: its header is not this version's CSV header", path));
     // Keep only complete lines: a row cut by a kill has no newline.
     const std::size_t last = text.rfind('\n');
     if (last + 1 != text.size()) fs::resize_file(path, last + 1);
@@ -104,8 +104,7 @@ CsvWriter::CsvWriter(const std::string& path, bool resume) {
     }
     f_ = std::fopen(path.c_str(), "ab");
   } else {
-    if (auto parent = fs::path(path).parent_path(); !parent.empty())
-      fs::create_directories(parent);
+    if (auto parent = fs::path(path).parent_path(); !parent.empty()) fs::create_directories(parent);
     f_ = std::fopen(path.c_str(), "wb");
     if (f_) {
       std::fputs((header_line() + "\n").c_str(), f_);

@@ -31,6 +31,25 @@ std::vector<std::string> resolve_backends(const std::vector<std::string>& reques
   return requested;
 }
 
+Agreement run_and_compare(const Problem& p, Implementation& impl, const CaseInputs& in,
+                          const ref::Tensors& ref, CaseOutputs& out,
+                          std::unique_ptr<Instance>* inst_out, std::string* info) {
+  try {
+    auto inst = impl.instantiate(p, bind(p, in, out));
+    inst->run();
+    inst->sync_outputs();
+    if (info) *info = inst->info();
+    Agreement ag = compare(p, in, out, ref);
+    if (inst_out) *inst_out = std::move(inst);
+    return ag;
+  } catch (const std::exception& e) {
+    Agreement ag;
+    ag.status = Status::fail;
+    ag.reason = std::string("error: ") + e.what();
+    return ag;
+  }
+}
+
 namespace {
 
 std::string num(double v) { return fmt::format("{:.6g}", v); }
@@ -141,7 +160,8 @@ SweepSummary run_sweep(const SweepConfig& cfg, const SweepOptions& opt) {
         t.skip = "unsupported: " + *why2;
       todo.push_back(std::move(t));
     }
-    const double need = static_cast<double>(case_memory_bytes(p, static_cast<int>(backends.size())));
+    const double need =
+        static_cast<double>(case_memory_bytes(p, static_cast<int>(backends.size())));
     const bool over_budget = need > budget;
 
     for (std::size_t di = 0; di < settings.distributions.size(); ++di) {
@@ -185,20 +205,9 @@ SweepSummary run_sweep(const SweepConfig& cfg, const SweepOptions& opt) {
       for (const auto& t : todo) {
         if (!t.skip.empty() || over_budget || all_done(t.backend)) continue;
         CaseOutputs out = make_outputs(p, in);
-        Agreement ag;
         std::unique_ptr<Instance> inst;
         std::string info;
-        try {
-          inst = t.reg->impl->instantiate(p, bind(p, in, out));
-          inst->run();
-          inst->sync_outputs();
-          info = inst->info();
-          ag = compare(p, in, out, ref);
-        } catch (const std::exception& e) {
-          ag.status = Status::fail;
-          ag.reason = std::string("error: ") + e.what();
-          inst.reset();
-        }
+        const Agreement ag = run_and_compare(p, *t.reg->impl, in, ref, out, &inst, &info);
         for (const auto& m : modes) {
           if (csv.done(CsvWriter::key(repro, t.backend, std::string(to_string(dist)), m))) continue;
           CsvRow row = problem_row(p, t.backend, dist, m, threads);
@@ -235,10 +244,13 @@ SweepSummary run_sweep(const SweepConfig& cfg, const SweepOptions& opt) {
           if (opt.progress)
             fmt::print(stderr, "    {:<14} {:<12} {:<4} {} {}{}\n", t.backend, to_string(dist), m,
                        row["status"],
-                       row["gbps"].empty() ? "" : fmt::format("{} GB/s, {} of NT copy  ", row["gbps"], row["frac_copy_nt"]),
+                       row["gbps"].empty() ? ""
+                                           : fmt::format("{} GB/s, {} of NT copy  ", row["gbps"],
+                                                         row["frac_copy_nt"]),
                        row["status"] == "FAIL" ? row["reason"] : "");
         }
-        if (!opt.dump_dir.empty()) dumped.emplace_back(t.backend, std::make_pair(std::move(out), ag));
+        if (!opt.dump_dir.empty())
+          dumped.emplace_back(t.backend, std::make_pair(std::move(out), ag));
       }
       if (!opt.dump_dir.empty()) {
         std::vector<DumpedBackend> db;

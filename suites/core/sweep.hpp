@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "agreement.hpp"
 #include "config.hpp"
 
 namespace nb {
@@ -18,14 +19,21 @@ struct SweepOptions {
   int threads = 0;                    ///< 0: OpenMP default
   std::string out_csv = "results/sweep.csv";
   bool resume = false;
-  std::string dump_dir;             ///< empty: no dump
-  double memory_budget_bytes = 0;   ///< 0: half of physical memory
+  std::string dump_dir;            ///< empty: no dump
+  double memory_budget_bytes = 0;  ///< 0: half of physical memory
   bool progress = true;
 };
 
 struct SweepSummary {
   std::size_t rows = 0, pass = 0, fail = 0, skip = 0, resumed = 0;
 };
+
+/// Binds impl to fresh output buffers `out`, runs it once and compares every output with ref.
+/// An exception from the implementation becomes a FAIL with the message. On success `inst`
+/// holds the bound instance (for timing) and `info` its implementation detail.
+Agreement run_and_compare(const Problem& p, Implementation& impl, const CaseInputs& in,
+                          const ref::Tensors& ref, CaseOutputs& out,
+                          std::unique_ptr<Instance>* inst = nullptr, std::string* info = nullptr);
 
 /// Resolves the backend list: every name must be registered (else std::invalid_argument naming
 /// the unknown one and the known ones).

@@ -57,8 +57,7 @@ namespace {
 
 struct CopyBuffers {
   HostTensor src, dst;
-  explicit CopyBuffers(std::size_t bytes)
-      : src(DType::f32, bytes / 4), dst(DType::f32, bytes / 4) {
+  explicit CopyBuffers(std::size_t bytes) : src(DType::f32, bytes / 4), dst(DType::f32, bytes / 4) {
     std::memset(src.data(), 1, src.bytes());  // touch every page before timing
   }
 };

@@ -45,13 +45,13 @@ Traffic traffic(const Problem& p, int threads, std::uint64_t llc_bytes) {
   const std::uint64_t n_stat_tensors = p.method == Method::rmsnorm ? 1 : 2;
   std::uint64_t small = params * f * n_param_tensors;  // gamma/beta read
   if (p.pass == Pass::fwd_train) {
-    small += stats * f * n_stat_tensors;                           // mean, invstd written
+    small += stats * f * n_stat_tensors;                          // mean, invstd written
     if (p.method == Method::batchnorm) small += 2 * 2 * p.c * f;  // running stats read+write
   } else if (p.pass == Pass::fwd_infer) {
     if (p.method == Method::batchnorm) small += 2 * p.c * f;  // running stats read
   } else {
-    small += stats * f * n_stat_tensors;         // saved statistics read
-    small += params * f * n_param_tensors;       // dgamma/dbeta written
+    small += stats * f * n_stat_tensors;    // saved statistics read
+    small += params * f * n_param_tensors;  // dgamma/dbeta written
   }
   t.bytes = passes * numel * e + small;
   t.model = fmt::format("{}x{}", passes, t.unit_fits ? "" : " (unit exceeds LLC share)");

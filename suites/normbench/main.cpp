@@ -24,7 +24,8 @@ std::vector<std::string> split_list(const std::vector<std::string>& items) {
     std::size_t start = 0;
     while (start <= item.size()) {
       const std::size_t k = item.find(',', start);
-      const std::string s = item.substr(start, k == std::string::npos ? std::string::npos : k - start);
+      const std::string s =
+          item.substr(start, k == std::string::npos ? std::string::npos : k - start);
       if (!s.empty()) out.push_back(s);
       if (k == std::string::npos) break;
       start = k + 1;
@@ -59,7 +60,8 @@ int cmd_list() {
 
 int report(const nb::SweepSummary& s, const std::string& out) {
   fmt::print(stderr, "{} rows to {}: {} PASS, {} FAIL, {} SKIP{}\n", s.rows, out, s.pass, s.fail,
-             s.skip, s.resumed ? fmt::format(" ({} rows kept from the earlier run)", s.resumed) : "");
+             s.skip,
+             s.resumed ? fmt::format(" ({} rows kept from the earlier run)", s.resumed) : "");
   return s.fail ? 1 : 0;
 }
 
@@ -92,7 +94,8 @@ int main(int argc, char** argv) {
     sc->add_flag("--quiet", quiet, "No progress lines on stderr");
   };
   auto* sweep = app.add_subcommand("sweep", "Run a sweep from a TOML config");
-  sweep->add_option("CONFIG", config_path, "Config file (default: the embedded configs/default.toml)");
+  sweep->add_option("CONFIG", config_path,
+                    "Config file (default: the embedded configs/default.toml)");
   add_common(sweep);
   sweep->add_option("--methods", methods, "Only these methods, comma-separated");
   sweep->add_flag("--resume", opt.resume, "Append to --out, skipping rows it already has");
@@ -105,7 +108,8 @@ int main(int argc, char** argv) {
   run->add_option("REPRO", repro, "e.g. batchnorm:fwd_train:f32:nchw:n32c64h56w56:eps1e-05:mom0.1")
       ->required();
   add_common(run);
-  run->add_option("--repetitions", reps, "Google Benchmark repetitions")->check(CLI::Range(1, 1000));
+  run->add_option("--repetitions", reps, "Google Benchmark repetitions")
+      ->check(CLI::Range(1, 1000));
   run->add_option("--min-time", min_time, "Seconds per repetition")->check(CLI::Range(1e-4, 60.0));
   run->add_option("--modes", modes, "hot and/or cold");
   run->add_option("--dists", dists, "Input distributions: normal, large_offset");
@@ -134,7 +138,8 @@ int main(int argc, char** argv) {
       cfg.settings.repetitions = reps;
       cfg.settings.min_time_s = min_time;
       cfg.settings.modes.clear();
-      for (const auto& m : split_list(modes)) cfg.settings.modes.push_back(nb::parse_timing_mode(m));
+      for (const auto& m : split_list(modes))
+        cfg.settings.modes.push_back(nb::parse_timing_mode(m));
       cfg.settings.distributions.clear();
       for (const auto& d : split_list(dists))
         cfg.settings.distributions.push_back(nb::parse_distribution(d));

@@ -1,0 +1,100 @@
+// Every registered backend (but the reference it is checked against and the hidden test-only
+// ones) x method x pass x dtype x layout, against the fp64 reference on small and awkward shapes:
+// C = 1, 3, 251; N = 1 where legal; H = W = 1; sizes that are not a multiple of any vector width;
+// tensors that do not start on a 64-byte boundary; G = 1 and G = C; the large-offset input; a
+// constant input (variance 0).
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "agreement.hpp"
+#include "case_data.hpp"
+#include "registry.hpp"
+#include "sweep.hpp"
+
+namespace nb {
+namespace {
+
+std::vector<const Registration*> registrations() {
+  std::vector<const Registration*> out;
+  for (const auto& r : Registry::instance().all())
+    if (!r.hidden && r.backend != "reference") out.push_back(&r);
+  return out;
+}
+
+std::vector<std::string> shapes_for(Method m) {
+  switch (m) {
+    case Method::batchnorm:
+      return {"n1c3h5w7", "n2c251h3w3", "n3c1h1w1", "n2c17h1w1", "n4c16h8w8", "n2c33h19w19"};
+    case Method::layernorm:
+    case Method::rmsnorm:
+      return {"t3d1", "t5d17", "t2d1000", "t1d4100", "t7d64", "n2c3h5w7"};
+    case Method::groupnorm:
+      return {"n2c6h5w3g1",  "n2c6h5w3g6",   "n1c251h3w3g251",
+              "n3c32h7w7g8", "n2c64h1w1g32", "n1c3h17w17g3"};
+    case Method::instancenorm:
+      return {"n1c3h5w7", "n2c251h2w2", "n2c4h1w1", "n1c1h9w9", "n2c16h33w3"};
+  }
+  return {};
+}
+
+enum class Input { normal, large_offset, constant };
+
+std::string input_name(Input i) {
+  return i == Input::normal ? "normal" : i == Input::large_offset ? "large_offset" : "constant";
+}
+
+class BackendAgreement : public ::testing::TestWithParam<const Registration*> {};
+
+TEST_P(BackendAgreement, MatchesReferenceOnAwkwardShapes) {
+  const Registration& r = *GetParam();
+  if (auto why = r.impl->unavailable_reason()) GTEST_SKIP() << "unavailable: " << *why;
+  int checked = 0;
+  for (const auto& shape : shapes_for(r.method))
+    for (Input input : {Input::normal, Input::large_offset, Input::constant})
+      for (std::size_t misalign : {std::size_t{0}, element_size(r.dtype)}) {
+        if (input == Input::constant && misalign) continue;
+        Problem p;
+        p.method = r.method;
+        p.pass = r.pass;
+        p.dtype = r.dtype;
+        p.layout = r.layout;
+        parse_shape(shape, p);
+        if (validate(p)) continue;  // e.g. batchnorm training with N*H*W == 1
+        if (r.impl->unsupported_reason(p)) continue;
+        const Distribution dist =
+            input == Input::large_offset ? Distribution::large_offset : Distribution::normal;
+        CaseInputs in = make_inputs(p, dist, fnv1a(to_repro(p)), misalign);
+        if (input == Input::constant) {
+          for (std::size_t i = 0; i < in.x.numel(); ++i) in.x.set(i, 0.75);
+          if (p.pass == Pass::bwd) {
+            std::vector<double> mean, invstd;
+            ref::statistics(p, in.x.to_double(), mean, invstd);
+            if (!in.mean.empty()) in.mean.assign(mean);
+            in.invstd.assign(invstd);
+          }
+        }
+        const ref::Tensors ref = reference_outputs(p, in);
+        CaseOutputs out = make_outputs(p, in, misalign);
+        const Agreement a = run_and_compare(p, *r.impl, in, ref, out);
+        EXPECT_EQ(a.status, Status::pass) << to_repro(p) << " input=" << input_name(input)
+                                          << " misalign=" << misalign << ": " << a.reason;
+        ++checked;
+      }
+  EXPECT_GT(checked, 0) << "no shape was supported";
+}
+
+std::string param_name(const ::testing::TestParamInfo<const Registration*>& info) {
+  const Registration& r = *info.param;
+  return fmt::format("{}_{}_{}_{}_{}", r.backend, to_string(r.method), to_string(r.pass),
+                     to_string(r.dtype), to_string(r.layout));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllRegistered, BackendAgreement, ::testing::ValuesIn(registrations()),
+                         param_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(BackendAgreement);
+
+}  // namespace
+}  // namespace nb
