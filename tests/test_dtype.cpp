@@ -44,7 +44,9 @@ TEST(DType, Every16BitValueRoundTrips) {
     if (std::isnan(f)) continue;
     ASSERT_EQ(float_to_f16(f), u) << std::hex << h;
     const float b = bf16_to_float(u);
-    if (!std::isnan(b)) ASSERT_EQ(float_to_bf16(b), u) << std::hex << h;
+    if (!std::isnan(b)) {
+      ASSERT_EQ(float_to_bf16(b), u) << std::hex << h;
+    }
   }
 }
 

@@ -16,6 +16,7 @@ struct Ctx {
   const std::string& source;
   std::string where;  // "[sweep]" or "[[cases]] #2"
   [[noreturn]] void fail(const std::string& key, const std::string& msg) const {
+    if (key.empty()) throw ConfigError(fmt::format("{}: {}: {}", source, where, msg));
     throw ConfigError(fmt::format("{}: {}.{}: {}", source, where, key, msg));
   }
 };

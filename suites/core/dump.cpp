@@ -85,10 +85,10 @@ struct Writer {
     if (v.empty()) return;
     const bool big = role == "y" || role == "dx";
     const auto shape = big ? tensor_shape(p) : small_shape(p, role, v.size());
-    const std::string file = "reference." + role + ".npy";
+    const std::string file = "ref64." + role + ".npy";
     write_npy(dir + "/" + file, "<f8", shape, v.data(), v.size() * 8);
     files[file] = {{"role", role},
-                   {"produced_by", "reference (fp64, before rounding)"},
+                   {"produced_by", "fp64 oracle (reference/), before rounding to the dtype"},
                    {"dtype", "f64"},
                    {"shape", shape}};
   }

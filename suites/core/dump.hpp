@@ -1,6 +1,7 @@
 // --dump DIR: writes a case's inputs and every output (reference and each backend) as NumPy .npy
 // files plus manifest.json, so any result can be checked by an independent program:
-//   DIR/<case index>_<repro with ':' -> '_'>_<dist>/manifest.json, x.npy, ..., <backend>.y.npy
+//   DIR/<case index>_<repro with ':' -> '_'>_<dist>/manifest.json, x.npy, ..., ref64.y.npy,
+//   <backend>.y.npy
 // Arrays are stored in memory order with their logical shape: x/y/dy/dx as (N, C, H, W) for
 // nchw and (N, H, W, C) for nhwc; f32 as '<f4', f16 as '<f2', bf16 as raw bits '<u2' (NumPy has
 // no bfloat16; the manifest says "bf16_bits": widen with (bits.astype(uint32) <<

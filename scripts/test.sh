@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: set up and build, run every test (GoogleTest under CTest, and the
+# command-line tests), then build again with AddressSanitizer + UndefinedBehaviorSanitizer and
+# run the tests once more.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh build
+ctest --test-dir build --output-on-failure -j "$(nproc)"
+echo "== again under AddressSanitizer and UndefinedBehaviorSanitizer ==" >&2
+scripts/setup.sh build-asan -DNORMBENCH_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure -j "$(nproc)"
