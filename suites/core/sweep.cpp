@@ -109,12 +109,20 @@ SweepSummary run_sweep(const SweepConfig& cfg, const SweepOptions& opt) {
   const double budget = opt.memory_budget_bytes > 0
                             ? opt.memory_budget_bytes
                             : 0.5 * static_cast<double>(machine().physical_memory);
+  if (opt.shard_count < 1 || opt.shard_index < 0 || opt.shard_index >= opt.shard_count)
+    throw std::invalid_argument(fmt::format("bad shard {}/{}: expected K/N with 1 <= K <= N",
+                                            opt.shard_index + 1, opt.shard_count));
   std::vector<Problem> problems;
-  for (const auto& p : cfg.problems)
+  for (std::size_t i = 0; i < cfg.problems.size(); ++i) {
+    const Problem& p = cfg.problems[i];
+    if (static_cast<int>(i % static_cast<std::size_t>(opt.shard_count)) != opt.shard_index)
+      continue;
     if (opt.methods.empty() ||
         std::find(opt.methods.begin(), opt.methods.end(), p.method) != opt.methods.end())
       problems.push_back(p);
-  if (problems.empty()) throw std::invalid_argument("no problem of the config matches --methods");
+  }
+  if (problems.empty())
+    throw std::invalid_argument("no problem of the config matches --methods and --shard");
 
   CsvWriter csv(opt.out_csv, opt.resume);
   SweepSummary sum;

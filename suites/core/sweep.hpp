@@ -22,6 +22,8 @@ struct SweepOptions {
   std::string dump_dir;            ///< empty: no dump
   double memory_budget_bytes = 0;  ///< 0: half of physical memory
   bool progress = true;
+  int shard_index = 0;  ///< run problems i with i % shard_count == shard_index (0-based)
+  int shard_count = 1;
 };
 
 struct SweepSummary {

@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
+#include <cstdio>
 #include <map>
 #include <set>
 
@@ -99,6 +100,10 @@ int main(int argc, char** argv) {
   add_common(sweep);
   sweep->add_option("--methods", methods, "Only these methods, comma-separated");
   sweep->add_flag("--resume", opt.resume, "Append to --out, skipping rows it already has");
+  std::string shard;
+  sweep->add_option("--shard", shard,
+                    "K/N: run only the K-th of N disjoint slices of the sweep (problems i with "
+                    "i mod N == K-1), e.g. for a job array; merge the CSVs afterwards");
 
   std::string repro;
   int reps = 5;
@@ -130,6 +135,14 @@ int main(int argc, char** argv) {
       cfg = config_path.empty() ? nb::parse_config(nb::default_config_text(), "<default config>")
                                 : nb::load_config(config_path);
       for (const auto& m : split_list(methods)) opt.methods.push_back(nb::parse_method(m));
+      if (!shard.empty()) {
+        int k = 0, n = 0;
+        char tail = 0;
+        if (std::sscanf(shard.c_str(), "%d/%d%c", &k, &n, &tail) != 2 || n < 1 || k < 1 || k > n)
+          throw std::invalid_argument("--shard " + shard + ": expected K/N with 1 <= K <= N");
+        opt.shard_index = k - 1;
+        opt.shard_count = n;
+      }
       if (sweep->count("--out") == 0) opt.out_csv = "out/" + cfg.settings.name + ".csv";
     } else {
       cfg.source = "<command line>";
