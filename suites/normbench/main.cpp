@@ -6,6 +6,7 @@
 // config or I/O error (one line on stderr, no results file started).
 #include <fmt/format.h>
 #include <omp.h>
+#include <valgrind/callgrind.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -56,6 +57,24 @@ int cmd_list() {
       fmt::print("      {:<13} {:<10} {}\n", nb::to_string(static_cast<nb::Method>(k.first)),
                  nb::to_string(static_cast<nb::Pass>(k.second)), fmt::join(v, " "));
   }
+  return 0;
+}
+
+int cmd_exec(const nb::Problem& p, const std::string& backend, int iterations, int threads) {
+  if (threads > 0) omp_set_num_threads(threads);
+  nb::resolve_backends({backend});  // throws on an unknown name
+  const auto* reg = nb::Registry::instance().find(backend, p.method, p.pass, p.dtype, p.layout);
+  if (!reg) throw std::invalid_argument(backend + " does not implement " + nb::to_repro(p));
+  if (auto why = reg->impl->unavailable_reason()) throw std::runtime_error(backend + ": " + *why);
+  if (auto why = reg->impl->unsupported_reason(p)) throw std::runtime_error(backend + ": " + *why);
+  const nb::CaseInputs in =
+      nb::make_inputs(p, nb::Distribution::normal, nb::fnv1a(nb::to_repro(p)));
+  nb::CaseOutputs out = nb::make_outputs(p, in);
+  auto inst = reg->impl->instantiate(p, nb::bind(p, in, out));
+  CALLGRIND_START_INSTRUMENTATION;
+  for (int i = 0; i < iterations; ++i) inst->run();
+  CALLGRIND_STOP_INSTRUMENTATION;
+  inst->sync_outputs();
   return 0;
 }
 
@@ -119,6 +138,19 @@ int main(int argc, char** argv) {
   run->add_option("--modes", modes, "hot and/or cold");
   run->add_option("--dists", dists, "Input distributions: normal, large_offset");
 
+  std::string exec_repro, exec_backend;
+  int exec_iterations = 1;
+  int exec_threads = 0;
+  auto* exec = app.add_subcommand(
+      "exec",
+      "Run one case ITERATIONS times with no timing and no agreement check, for profilers; under "
+      "valgrind --tool=callgrind --instr-atstart=no only the runs are instrumented");
+  exec->add_option("REPRO", exec_repro, "the case")->required();
+  exec->add_option("--backend", exec_backend, "the implementation to run")->required();
+  exec->add_option("--iterations", exec_iterations, "runs")->check(CLI::Range(1, 1000000));
+  exec->add_option("--threads", exec_threads, "OpenMP threads (default: all)")
+      ->check(CLI::PositiveNumber);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -127,6 +159,8 @@ int main(int argc, char** argv) {
 
   try {
     if (app.got_subcommand("list")) return cmd_list();
+    if (app.got_subcommand("exec"))
+      return cmd_exec(nb::parse_repro(exec_repro), exec_backend, exec_iterations, exec_threads);
     opt.backends = split_list(backends);
     opt.progress = !quiet;
     opt.memory_budget_bytes = budget_gib * double(1ull << 30);

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Deterministic regression signal: instruction counts from valgrind's callgrind.
+
+Times on these shared virtual machines move by tens of percent; instruction counts of the same
+binary on the same inputs do not (callgrind counts instructions, whatever else the machine does).
+valgrind 3.19 cannot decode AVX-512, so this covers the code paths it can run: the reference and
+the OpenMP backend at one thread (its run-time dispatch sees valgrind's CPU, which has no
+AVX-512). Each case runs `normbench exec REPRO --backend B --iterations 2 --threads 1` under
+`valgrind --tool=callgrind --instr-atstart=no`: only the two runs are counted, not input
+generation.
+
+Usage:
+  instruction_counts.py --normbench build/normbench --write results/baseline/callgrind.csv
+  instruction_counts.py --normbench build/normbench --check results/baseline/callgrind.csv
+        [--tolerance 0.02]
+--check exits 1 when a case's count grew by more than the tolerance (a regression) and lists
+cases that shrank by more (refresh the baseline with --write); 2 on a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import shutil
+import subprocess
+import sys
+
+BACKENDS = ["reference", "openmp"]
+CASES = [
+    "batchnorm:fwd_train:f32:nchw:n4c16h14w14:eps1e-05:mom0.1",
+    "batchnorm:fwd_infer:f32:nhwc:n4c16h14w14:eps1e-05:mom0.1",
+    "batchnorm:bwd:f32:nchw:n4c16h14w14:eps1e-05:mom0.1",
+    "layernorm:fwd_train:f32:nchw:t64d768:eps1e-05",
+    "layernorm:bwd:bf16:nchw:t64d768:eps1e-05",
+    "groupnorm:fwd_train:f32:nhwc:n2c32h8w8g8:eps1e-05",
+    "groupnorm:bwd:f32:nchw:n2c32h8w8g8:eps1e-05",
+    "instancenorm:fwd_train:f16:nchw:n2c16h8w8:eps1e-05",
+    "rmsnorm:fwd_train:f32:nchw:t64d1024:eps1e-06",
+    "rmsnorm:bwd:f32:nchw:t64d1024:eps1e-06",
+]
+COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+
+
+def count(normbench: str, backend: str, repro: str) -> int:
+    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
+           normbench, "exec", repro, "--backend", backend, "--iterations", "2", "--threads", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1",
+                                                                   "PATH": "/usr/bin:/bin"})
+    m = COLLECTED.search(res.stderr)
+    if res.returncode != 0 or not m:
+        raise SystemExit(f"instruction_counts.py: error: {' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
+    return int(m.group(1))
+
+
+def measure(normbench: str) -> dict[tuple[str, str], int]:
+    out = {}
+    for b in BACKENDS:
+        for r in CASES:
+            out[(b, r)] = count(normbench, b, r)
+            print(f"{out[(b, r)]:>14,} instructions  {b:<10} {r}", file=sys.stderr)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--normbench", default="build/normbench")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--write", metavar="CSV")
+    g.add_argument("--check", metavar="CSV")
+    ap.add_argument("--tolerance", type=float, default=0.02)
+    a = ap.parse_args(argv)
+    if not shutil.which("valgrind"):
+        raise SystemExit("instruction_counts.py: error: valgrind not found (apt-get install valgrind)")
+    if a.write:
+        counts = measure(a.normbench)
+        with open(a.write, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["backend", "repro", "instructions"])
+            for (b, r), n in counts.items():
+                w.writerow([b, r, n])
+        print(f"wrote {len(counts)} instruction counts to {a.write}")
+        return 0
+    with open(a.check, newline="") as f:
+        base = {(row["backend"], row["repro"]): int(row["instructions"]) for row in csv.DictReader(f)}
+    counts = measure(a.normbench)
+    worse = better = 0
+    for key, n in counts.items():
+        if key not in base:
+            print(f"new      {key[0]:<10} {key[1]}: {n:,} (not in the baseline)")
+            continue
+        ratio = n / base[key]
+        if ratio > 1 + a.tolerance:
+            worse += 1
+            print(f"slower   {key[0]:<10} {key[1]}: {base[key]:,} -> {n:,} instructions (x{ratio:.3f})")
+        elif ratio < 1 - a.tolerance:
+            better += 1
+            print(f"faster   {key[0]:<10} {key[1]}: {base[key]:,} -> {n:,} instructions (x{ratio:.3f})")
+    print(f"instruction counts: {len(counts)} cases, {worse} above the baseline by more than "
+          f"{a.tolerance:.0%}, {better} below it")
+    return 1 if worse else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
