@@ -9,7 +9,7 @@ build_dir=${1:-build}
 shift || true
 
 packages=(cmake ninja-build g++ git libfmt-dev libbenchmark-dev libgtest-dev libcli11-dev
-          libtomlplusplus-dev nlohmann-json3-dev python3-venv)
+          libtomlplusplus-dev nlohmann-json3-dev libboost-context-dev valgrind python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,9 +18,13 @@
 //    amplified by the conditioning kappa = max |mean| / std over reduction units (1e4 for the
 //    large-offset input), since y = (x - mean) * invstd loses |mean| * u / std. The one-pass
 //    E[x^2] - E[x]^2 variance loses kappa^2 * u instead, which this threshold does not absorb:
-//    at kappa = 1e4 it is O(1) or NaN, and is reported FAIL.
+//    at kappa = 1e4 it is O(1) or NaN, and is reported FAIL. For dx, kappa also includes the
+//    cancellation of the backward formula (backward_cancellation below).
 //  Examples: f32 normal input, M = 6.3e5: 9.5e-6; f32 large offset (kappa 1e4): 9.2e-2;
 //  bf16 normal: 1.6e-2.
+// In the subnormal range of the output dtype (f16 below 6.1e-5: spacing 2^-24) a correctly
+// rounded value can be wrong by half the spacing in absolute terms; that much is not counted
+// (err_i uses max(0, |got - ref| - spacing / 2)), so tiny f16 gradients are not flagged.
 // An output that has a non-finite value where the reference is finite, or that is mostly zeros
 // where the reference is not, fails whatever its error.
 #pragma once
@@ -43,6 +47,13 @@ std::vector<Output> outputs_of(const Problem& p);
 /// Conditioning of the reduction, max over units of |mean| * invstd (1 for rmsnorm, which sums
 /// squares and has no cancellation), from the reference statistics.
 double conditioning(const Problem& p, const CaseInputs& in, const ref::Tensors& ref);
+/// Cancellation in the backward formula, added to kappa for dx:
+///   rms(dy) * max|gamma| * max(invstd) / rms(dx_ref)  (at least 1; 0 for a forward pass).
+/// dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)) is normally as large as its
+/// terms; when a reduction unit has M = 2 elements (BatchNorm N*H*W = 2, RMSNorm D = 1, ...)
+/// xhat = +-sqrt(var / (var + eps)) and dx shrinks to ~ eps / var of its terms, so any fp32
+/// kernel loses var / eps of relative accuracy. The true output scale says how much.
+double backward_cancellation(const Problem& p, const CaseInputs& in, const ref::Tensors& ref);
 /// The policy above. out is the dtype the output is stored in.
 double tolerance(DType out, std::int64_t reduction_size, double kappa);
 

@@ -54,11 +54,18 @@ class Instance {
   virtual ~Instance() = default;
   /// Executes the pass once, synchronously. This is what is timed.
   virtual void run() = 0;
-  /// Device backends: runs once and returns the device-measured seconds (CUDA events); the host
+  /// Device backends: runs once and returns the device-measured seconds (CUDA events); with
+  /// cold, the device's cache (L2) is flushed first, outside the measured interval. Host
   /// backends return nullopt and are timed by wall clock around run().
-  virtual std::optional<double> run_device_timed() { return std::nullopt; }
+  virtual std::optional<double> run_device_timed(bool cold) {
+    (void)cold;
+    return std::nullopt;
+  }
   /// True when run_device_timed() measures (device backends); the harness then uses manual time.
   virtual bool device_timed() const { return false; }
+  /// Device backends: one device-to-device copy measured now, GB/s (bytes read + written), the
+  /// roofline paired with each repetition in place of the host copies.
+  virtual std::optional<double> paired_copy_gbps() { return std::nullopt; }
   /// Makes the outputs visible in the KernelArgs host buffers (device backends copy back).
   virtual void sync_outputs() {}
   /// Implementation detail reported in the CSV (e.g. oneDNN's impl_info_str, a cuDNN engine).

@@ -13,8 +13,9 @@
 //  cold  before each iteration a buffer of twice the last-level cache is written, evicting the
 //        case's tensors; each iteration's run() is timed alone with a steady clock
 //        (UseManualTime), so the flush is not counted.
-// Device instances (run_device_timed() returns a value) are timed by their own events
-// (UseManualTime) in both modes; a device backend flushes its L2 in cold mode itself.
+// Device instances (device_timed()) are timed by their own events (UseManualTime) in both modes,
+// flush their own L2 in cold mode, and pair each repetition with a device copy
+// (paired_copy_gbps(), reported in both copy columns) instead of the host copies.
 #pragma once
 
 #include <cstdint>
