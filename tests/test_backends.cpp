@@ -3,9 +3,14 @@
 // C = 1, 3, 251; N = 1 where legal; H = W = 1; sizes that are not a multiple of any vector width;
 // tensors that do not start on a 64-byte boundary; G = 1 and G = C; the large-offset input; a
 // constant input (variance 0).
+//
+// Peers (onednn, pytorch) are run the same way, but they are not ours to fix: a numerical
+// disagreement of a peer is printed here and reported as a FAIL row by every sweep (README,
+// "Peers"); only an error of our wrapper around it (an exception, a missing output) fails the test.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -79,6 +84,13 @@ TEST_P(BackendAgreement, MatchesReferenceOnAwkwardShapes) {
         const ref::Tensors ref = reference_outputs(p, in);
         CaseOutputs out = make_outputs(p, in, misalign);
         const Agreement a = run_and_compare(p, *r.impl, in, ref, out);
+        const bool peer = r.backend == "onednn" || r.backend == "pytorch";
+        if (peer && a.status == Status::fail && a.reason.rfind("error:", 0) != 0) {
+          std::cout << "peer disagreement (a FAIL row in sweeps): " << to_repro(p)
+                    << " input=" << input_name(input) << ": " << a.reason << "\n";
+          ++checked;
+          continue;
+        }
         EXPECT_EQ(a.status, Status::pass) << to_repro(p) << " input=" << input_name(input)
                                           << " misalign=" << misalign << ": " << a.reason;
         ++checked;
