@@ -5,8 +5,8 @@ Times on these shared virtual machines move by tens of percent; instruction coun
 binary on the same inputs do not (callgrind counts instructions, whatever else the machine does).
 valgrind 3.19 cannot decode AVX-512, so this covers the code paths it can run: the reference and
 the OpenMP backend at one thread (its run-time dispatch sees valgrind's CPU, which has no
-AVX-512). Each case runs `normbench exec REPRO --backend B --iterations 2 --threads 1` under
-`valgrind --tool=callgrind --instr-atstart=no`: only the two runs are counted, not input
+AVX-512). Each case runs `normbench exec REPRO --backend B --iterations 4 --threads 1` under
+`valgrind --tool=callgrind --instr-atstart=no`: only the four runs are counted, not input
 generation.
 
 Usage:
@@ -43,7 +43,7 @@ COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 def count(normbench: str, backend: str, repro: str) -> int:
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
-           normbench, "exec", repro, "--backend", backend, "--iterations", "2", "--threads", "1"]
+           normbench, "exec", repro, "--backend", backend, "--iterations", "4", "--threads", "1"]
     res = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1",
                                                                    "PATH": "/usr/bin:/bin"})
     m = COLLECTED.search(res.stderr)

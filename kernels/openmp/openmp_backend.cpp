@@ -8,6 +8,7 @@
 //
 // Limits: every valid problem is supported; an invalid one (problem.hpp validate()) is reported
 // unsupported with its reason. Threads: omp_get_max_threads() (OMP_NUM_THREADS).
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -38,6 +39,14 @@ std::string instruction_set() {
 #endif
 }
 
+bool plant_slowdown() {
+  static const bool on = [] {
+    const char* e = std::getenv("NORMBENCH_PLANT_SLOWDOWN");
+    return e && std::string(e) == "openmp_batchnorm";
+  }();
+  return on;
+}
+
 class OpenMPInstance final : public Instance {
  public:
   OpenMPInstance(const Problem& p, const KernelArgs& a) : problem_(p), args_(a) {}
@@ -49,6 +58,10 @@ class OpenMPInstance final : public Instance {
     switch (problem_.method) {
       case Method::batchnorm:
         batchnorm(problem_, args_);
+        // Test hook of the regression check (README, "Regression tracking"): with
+        // NORMBENCH_PLANT_SLOWDOWN=openmp_batchnorm every 4th run repeats the pass, 25 % more
+        // work on average. The first run, the one checked for agreement, never repeats.
+        if (plant_slowdown() && ++runs_ % 4 == 0) batchnorm(problem_, args_);
         break;
       case Method::layernorm:
       case Method::rmsnorm:
@@ -67,6 +80,7 @@ class OpenMPInstance final : public Instance {
  private:
   Problem problem_;
   KernelArgs args_;
+  long runs_ = 0;
 };
 
 class OpenMPImplementation final : public Implementation {

@@ -1,0 +1,519 @@
+// Channels-last (NHWC) helpers of the avx512 backend: per-channel values laid out as a "pattern"
+// so that 16 consecutive elements of a row-major (rows, C) block meet their 16 per-channel values
+// in one unaligned load whatever C is (C = 1, 3, 251 alike, no per-row masked tails); per-channel
+// moments (blocked two-pass + Chan merge) and backward sums over a range of rows; the pattern ops
+// that write y and dx. Used by BatchNorm, GroupNorm and InstanceNorm in NHWC.
+//
+// Limits: the pattern period is lcm(C, 16) rounded up to at least 64 while that is <= 4096
+// floats, else C (positions then are not 16-aligned: correct, slightly slower accumulation).
+#pragma once
+
+#include <cstdlib>
+#include <memory>
+#include <numeric>
+#include <vector>
+
+#include "kernels/avx512/simd.hpp"
+
+namespace nb::avx512::NB_AVX512_VARIANT {
+
+/// A 64-byte aligned, uninitialised array (scratch of one thread).
+template <class V>
+class AlignedArray {
+ public:
+  AlignedArray() = default;
+  explicit AlignedArray(int64_t n) {
+    const std::size_t bytes =
+        (static_cast<std::size_t>(std::max<int64_t>(n, 1)) * sizeof(V) + 63) & ~std::size_t{63};
+    data_.reset(static_cast<V*>(std::aligned_alloc(64, bytes)));
+    if (!data_) throw std::bad_alloc();
+  }
+  V* data() { return data_.get(); }
+  const V* data() const { return data_.get(); }
+  V& operator[](int64_t i) { return data_.get()[i]; }
+  const V& operator[](int64_t i) const { return data_.get()[i]; }
+
+ private:
+  struct Free {
+    void operator()(V* p) const { std::free(p); }
+  };
+  std::unique_ptr<V, Free> data_;
+};
+
+/// Element k of a row-major (rows, C) block, counted from a row start, belongs to channel k mod C.
+/// A pattern of period P (a multiple of C) stores value[k mod C] at position k for k < P + 16, so
+/// the 16 lanes loaded at any position pos < P are the values of the channels of the elements
+/// pos .. pos+15. Walking a block, pos advances by the elements consumed and wraps at P (P >= 16:
+/// one subtraction suffices). With P a multiple of 16 (and >= 64) reductions hit 16-aligned,
+/// distinct accumulator slots.
+struct ChannelPattern {
+  int64_t channels = 1, period = 64;
+  explicit ChannelPattern(int64_t c) : channels(c) {
+    const int64_t l = std::lcm(c, int64_t{16});
+    period = l <= 4096 ? l * ((64 + l - 1) / l) : c;
+  }
+  int64_t storage() const { return period + 16; }
+  /// pattern[k] = per_channel[k mod C] for k < storage().
+  void expand(const float* per_channel, float* pattern) const {
+    for (int64_t j = 0; j < period; j += channels)
+      std::copy(per_channel, per_channel + channels, pattern + j);
+    for (int64_t e = 0; e < 16; ++e) pattern[period + e] = per_channel[e % channels];
+  }
+  /// per_channel[c] += sum of acc[k] over the positions k < storage() of channel c.
+  NB_AVX512 void fold(const float* acc, double* per_channel) const {
+    for (int64_t j = 0; j < period; j += channels)
+      for (int64_t c = 0; c < channels; ++c) per_channel[c] += acc[j + c];
+    for (int64_t e = 0; e < 16; ++e) per_channel[e % channels] += acc[period + e];
+  }
+};
+
+/// Per-channel count (the same for every channel), mean and M2, in double.
+struct ChannelMoments {
+  double count = 0;
+  std::vector<double> mean, m2;
+  explicit ChannelMoments(int64_t c = 0) : mean(c), m2(c) {}
+  /// Chan's merge, channel by channel.
+  void merge(const ChannelMoments& b) {
+    if (b.count <= 0) return;
+    if (count <= 0) {
+      *this = b;
+      return;
+    }
+    const double n = count + b.count, f1 = b.count / n, f2 = count * b.count / n;
+    for (std::size_t c = 0; c < mean.size(); ++c) {
+      const double d = b.mean[c] - mean[c];
+      mean[c] += d * f1;
+      m2[c] += b.m2[c] + d * d * f2;
+    }
+    count = n;
+  }
+};
+
+/// One thread's scratch for the channels-last reductions.
+struct ChannelScratch {
+  AlignedArray<float> acc1, acc2, pattern;
+  std::vector<float> per_channel, spread;
+  std::vector<double> sum1, sum2;
+  explicit ChannelScratch(const ChannelPattern& pat)
+      : acc1(pat.storage()),
+        acc2(pat.storage()),
+        pattern(pat.storage()),
+        per_channel(pat.channels),
+        spread(pat.channels),
+        sum1(pat.channels),
+        sum2(pat.channels) {}
+};
+
+/// Rows per block of the channels-last reductions: about 128 KiB of data (L2-resident for the
+/// second pass) and at least 16 pattern periods, so that the O(C) per-channel work of a block
+/// (centers, folds, Chan merge) stays small next to its vector work.
+template <class T>
+int64_t rows_per_block(const ChannelPattern& pat) {
+  const int64_t elements = std::max<int64_t>((128 << 10) / sizeof(T), 16 * pat.period);
+  return std::max<int64_t>(1, elements / pat.channels);
+}
+
+/// Rows after which fp32 pattern accumulators of sums that decide the last digits (the
+/// correction term of the mean, the backward sums) are folded into double: 64 pattern periods,
+/// so each accumulator slot holds at most 64 terms.
+inline int64_t rows_per_fold(const ChannelPattern& pat) {
+  return std::max<int64_t>(1, 64 * pat.period / pat.channels);
+}
+
+/// centers[c] = exact center (simd.hpp) near shift[c] + sum[c] * inv_count given spread[c];
+/// `shift` and `centers` may alias.
+NB_AVX512_INLINE void channel_centers(const float* shift, const double* sum, const float* spread,
+                                      double inv_count, int64_t C, float* centers) {
+  for (int64_t c = 0; c < C; c += 8) {
+    const __mmask8 m = static_cast<__mmask8>(C - c >= 8 ? 0xff : (1u << (C - c)) - 1u);
+    const __m512d sh = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, shift + c));
+    const __m512d mean =
+        _mm512_fmadd_pd(_mm512_maskz_loadu_pd(m, sum + c), _mm512_set1_pd(inv_count), sh);
+    const __m512d sp = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, spread + c));
+    _mm256_mask_storeu_ps(centers + c, m, exact_centers(mean, sp, sh));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pattern reductions over a block that starts at a row boundary (position 0).
+
+/// acc[pos..] += x - center[pos..]
+template <class T>
+NB_AVX512_INLINE void pattern_sum(const T* x, int64_t n, const float* center, float* acc,
+                                  int64_t period) {
+  int64_t pos = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 d = _mm512_sub_ps(Io<T>::load(x + i), _mm512_loadu_ps(center + pos));
+    _mm512_storeu_ps(acc + pos, _mm512_add_ps(_mm512_loadu_ps(acc + pos), d));
+    pos += 16;
+    if (pos >= period) pos -= period;
+  }
+  if (i < n) {
+    const __mmask16 m = first_lanes(n - i);
+    const __m512 d = _mm512_maskz_sub_ps(m, Io<T>::load(x + i, m), _mm512_loadu_ps(center + pos));
+    _mm512_storeu_ps(acc + pos, _mm512_add_ps(_mm512_loadu_ps(acc + pos), d));
+  }
+}
+
+/// acc1[pos..] += x - mean[pos..], acc2[pos..] += (x - mean[pos..])^2
+template <class T>
+NB_AVX512_INLINE void pattern_deviations(const T* x, int64_t n, const float* mean, float* acc1,
+                                         float* acc2, int64_t period) {
+  int64_t pos = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 d = _mm512_sub_ps(Io<T>::load(x + i), _mm512_loadu_ps(mean + pos));
+    _mm512_storeu_ps(acc1 + pos, _mm512_add_ps(_mm512_loadu_ps(acc1 + pos), d));
+    _mm512_storeu_ps(acc2 + pos, _mm512_fmadd_ps(d, d, _mm512_loadu_ps(acc2 + pos)));
+    pos += 16;
+    if (pos >= period) pos -= period;
+  }
+  if (i < n) {
+    const __mmask16 m = first_lanes(n - i);
+    const __m512 d = _mm512_maskz_sub_ps(m, Io<T>::load(x + i, m), _mm512_loadu_ps(mean + pos));
+    _mm512_storeu_ps(acc1 + pos, _mm512_add_ps(_mm512_loadu_ps(acc1 + pos), d));
+    _mm512_storeu_ps(acc2 + pos, _mm512_fmadd_ps(d, d, _mm512_loadu_ps(acc2 + pos)));
+  }
+}
+
+/// acc1[pos..] += dy, acc2[pos..] += dy * (x - mean[pos..])
+template <class T>
+NB_AVX512_INLINE void pattern_backward(const T* x, const T* dy, int64_t n, const float* mean,
+                                       float* acc1, float* acc2, int64_t period) {
+  int64_t pos = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 g = Io<T>::load(dy + i);
+    const __m512 d = _mm512_sub_ps(Io<T>::load(x + i), _mm512_loadu_ps(mean + pos));
+    _mm512_storeu_ps(acc1 + pos, _mm512_add_ps(_mm512_loadu_ps(acc1 + pos), g));
+    _mm512_storeu_ps(acc2 + pos, _mm512_fmadd_ps(g, d, _mm512_loadu_ps(acc2 + pos)));
+    pos += 16;
+    if (pos >= period) pos -= period;
+  }
+  if (i < n) {
+    const __mmask16 m = first_lanes(n - i);
+    const __m512 g = Io<T>::load(dy + i, m);
+    const __m512 d = _mm512_sub_ps(Io<T>::load(x + i, m), _mm512_loadu_ps(mean + pos));
+    _mm512_storeu_ps(acc1 + pos, _mm512_add_ps(_mm512_loadu_ps(acc1 + pos), g));
+    _mm512_storeu_ps(acc2 + pos, _mm512_fmadd_ps(g, d, _mm512_loadu_ps(acc2 + pos)));
+  }
+}
+
+// Register-resident versions for periods of K vectors (period = 16*K <= 128 floats, C <= 128):
+// the period's accumulators stay in zmm registers for the whole call instead of a load and a
+// store per vector; acc/acc1/acc2 receive their sums (positions 0 .. 16K-1) at the end.
+
+template <class T, int K>
+NB_AVX512_INLINE void pattern_sum_k(const T* x, int64_t n, const float* center, float* acc) {
+  __m512 a[K], c[K];
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k)
+    a[k] = _mm512_loadu_ps(acc + 16 * k), c[k] = _mm512_loadu_ps(center + 16 * k);
+  int64_t i = 0;
+  for (; i + 16 * K <= n; i += 16 * K) {
+#pragma GCC unroll 8
+    for (int k = 0; k < K; ++k)
+      a[k] = _mm512_add_ps(a[k], _mm512_sub_ps(Io<T>::load(x + i + 16 * k), c[k]));
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k, i += 16) {
+    if (i >= n) break;
+    const __mmask16 m = first_lanes(n - i);
+    a[k] = _mm512_add_ps(a[k], _mm512_maskz_sub_ps(m, Io<T>::load(x + i, m), c[k]));
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k) _mm512_storeu_ps(acc + 16 * k, a[k]);
+}
+
+template <class T, int K>
+NB_AVX512_INLINE void pattern_deviations_k(const T* x, int64_t n, const float* mean, float* acc1,
+                                           float* acc2) {
+  __m512 a[K], q[K], c[K];
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k) {
+    a[k] = _mm512_loadu_ps(acc1 + 16 * k);
+    q[k] = _mm512_loadu_ps(acc2 + 16 * k);
+    c[k] = _mm512_loadu_ps(mean + 16 * k);
+  }
+  int64_t i = 0;
+  for (; i + 16 * K <= n; i += 16 * K) {
+#pragma GCC unroll 8
+    for (int k = 0; k < K; ++k) {
+      const __m512 d = _mm512_sub_ps(Io<T>::load(x + i + 16 * k), c[k]);
+      a[k] = _mm512_add_ps(a[k], d);
+      q[k] = _mm512_fmadd_ps(d, d, q[k]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k, i += 16) {
+    if (i >= n) break;
+    const __mmask16 m = first_lanes(n - i);
+    const __m512 d = _mm512_maskz_sub_ps(m, Io<T>::load(x + i, m), c[k]);
+    a[k] = _mm512_add_ps(a[k], d);
+    q[k] = _mm512_fmadd_ps(d, d, q[k]);
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k) {
+    _mm512_storeu_ps(acc1 + 16 * k, a[k]);
+    _mm512_storeu_ps(acc2 + 16 * k, q[k]);
+  }
+}
+
+template <class T, int K>
+NB_AVX512_INLINE void pattern_backward_k(const T* x, const T* dy, int64_t n, const float* mean,
+                                         float* acc1, float* acc2) {
+  __m512 a[K], b[K], c[K];
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k) {
+    a[k] = _mm512_loadu_ps(acc1 + 16 * k);
+    b[k] = _mm512_loadu_ps(acc2 + 16 * k);
+    c[k] = _mm512_loadu_ps(mean + 16 * k);
+  }
+  int64_t i = 0;
+  for (; i + 16 * K <= n; i += 16 * K) {
+#pragma GCC unroll 8
+    for (int k = 0; k < K; ++k) {
+      const __m512 g = Io<T>::load(dy + i + 16 * k);
+      a[k] = _mm512_add_ps(a[k], g);
+      b[k] = _mm512_fmadd_ps(g, _mm512_sub_ps(Io<T>::load(x + i + 16 * k), c[k]), b[k]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k, i += 16) {
+    if (i >= n) break;
+    const __mmask16 m = first_lanes(n - i);
+    const __m512 g = Io<T>::load(dy + i, m);
+    a[k] = _mm512_add_ps(a[k], g);
+    b[k] = _mm512_fmadd_ps(g, _mm512_sub_ps(Io<T>::load(x + i, m), c[k]), b[k]);
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k) {
+    _mm512_storeu_ps(acc1 + 16 * k, a[k]);
+    _mm512_storeu_ps(acc2 + 16 * k, b[k]);
+  }
+}
+
+/// The pattern reductions, register-resident when the period is 64 .. 128 floats.
+template <class T>
+NB_AVX512_INLINE void reduce_sum(const T* x, int64_t n, const ChannelPattern& pat,
+                                 const float* center, float* acc) {
+  switch (pat.period) {
+    case 64:
+      return pattern_sum_k<T, 4>(x, n, center, acc);
+    case 80:
+      return pattern_sum_k<T, 5>(x, n, center, acc);
+    case 96:
+      return pattern_sum_k<T, 6>(x, n, center, acc);
+    case 112:
+      return pattern_sum_k<T, 7>(x, n, center, acc);
+    case 128:
+      return pattern_sum_k<T, 8>(x, n, center, acc);
+    default:
+      return pattern_sum(x, n, center, acc, pat.period);
+  }
+}
+template <class T>
+NB_AVX512_INLINE void reduce_deviations(const T* x, int64_t n, const ChannelPattern& pat,
+                                        const float* mean, float* acc1, float* acc2) {
+  switch (pat.period) {
+    case 64:
+      return pattern_deviations_k<T, 4>(x, n, mean, acc1, acc2);
+    case 80:
+      return pattern_deviations_k<T, 5>(x, n, mean, acc1, acc2);
+    case 96:
+      return pattern_deviations_k<T, 6>(x, n, mean, acc1, acc2);
+    case 112:
+      return pattern_deviations_k<T, 7>(x, n, mean, acc1, acc2);
+    case 128:
+      return pattern_deviations_k<T, 8>(x, n, mean, acc1, acc2);
+    default:
+      return pattern_deviations(x, n, mean, acc1, acc2, pat.period);
+  }
+}
+template <class T>
+NB_AVX512_INLINE void reduce_backward(const T* x, const T* dy, int64_t n, const ChannelPattern& pat,
+                                      const float* mean, float* acc1, float* acc2) {
+  switch (pat.period) {
+    case 64:
+      return pattern_backward_k<T, 4>(x, dy, n, mean, acc1, acc2);
+    case 80:
+      return pattern_backward_k<T, 5>(x, dy, n, mean, acc1, acc2);
+    case 96:
+      return pattern_backward_k<T, 6>(x, dy, n, mean, acc1, acc2);
+    case 112:
+      return pattern_backward_k<T, 7>(x, dy, n, mean, acc1, acc2);
+    case 128:
+      return pattern_backward_k<T, 8>(x, dy, n, mean, acc1, acc2);
+    default:
+      return pattern_backward(x, dy, n, mean, acc1, acc2, pat.period);
+  }
+}
+
+/// spread[c] = max |x[r][c] - shift[c]| over the first min(rows, 8) rows: an order-of-magnitude
+/// estimate for exact_centers (which tolerates a spread up to 2^11 times larger than estimated).
+template <class T>
+NB_AVX512_INLINE void sample_spread(const T* x, int64_t rows, int64_t C, const float* shift,
+                                    float* spread) {
+  const int64_t sample = std::min<int64_t>(rows, 8);
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = first_lanes(C - c);
+    const __m512 sh = _mm512_maskz_loadu_ps(m, shift + c);
+    __m512 mx = _mm512_setzero_ps();
+    for (int64_t r = 0; r < sample; ++r)
+      mx = _mm512_max_ps(mx,
+                         _mm512_abs_ps(_mm512_maskz_sub_ps(m, Io<T>::load(x + r * C + c, m), sh)));
+    _mm512_mask_storeu_ps(spread + c, m, mx);
+  }
+}
+
+/// Merges the per-channel moments of `rows` rows of the row-major (rows, C) block at x into out.
+/// Blocks of rows_per_block rows: pass 1 sums x - shift per channel (shift = out's running mean,
+/// or the block's first row; the spread is sampled from the block's first rows), pass 2 the
+/// corrected sum of squared deviations from an exact center near the block mean (exact_centers,
+/// simd.hpp) over the cache-resident block; Chan's merge (double) across blocks. Counts as two
+/// passes for pf.
+template <class T>
+NB_AVX512 void accumulate_channel_moments(const T* x, int64_t rows, const ChannelPattern& pat,
+                                          ChannelScratch& s, ChannelMoments& out, Prefetcher& pf) {
+  const int64_t C = pat.channels, block_rows = rows_per_block<T>(pat),
+                fold_rows = rows_per_fold(pat);
+  float* center = s.per_channel.data();
+  for (int64_t r0 = 0; r0 < rows; r0 += block_rows) {
+    const int64_t nr = std::min(block_rows, rows - r0);
+    const double count = static_cast<double>(nr), inv_count = 1.0 / count;
+    const T* xb = x + r0 * C;
+    if (out.count > 0) {
+      for (int64_t c = 0; c < C; ++c) center[c] = static_cast<float>(out.mean[c]);
+    } else {
+      widen(xb, C, center);
+    }
+    pat.expand(center, s.pattern.data());
+    sample_spread(xb, nr, C, center, s.spread.data());
+    std::fill_n(s.acc1.data(), pat.storage(), 0.0f);
+    for (int64_t f0 = 0; f0 < nr; f0 += fold_rows) {  // chunks: paced prefetch
+      const int64_t rows_here = std::min(fold_rows, nr - f0);
+      reduce_sum(xb + f0 * C, rows_here * C, pat, s.pattern.data(), s.acc1.data());
+      pf.advance(rows_here * C * sizeof(T));
+    }
+    std::fill(s.sum1.begin(), s.sum1.end(), 0.0);
+    pat.fold(s.acc1.data(), s.sum1.data());
+    channel_centers(center, s.sum1.data(), s.spread.data(), inv_count, C, center);
+    pat.expand(center, s.pattern.data());
+    std::fill(s.sum1.begin(), s.sum1.end(), 0.0);
+    std::fill(s.sum2.begin(), s.sum2.end(), 0.0);
+    std::fill_n(s.acc2.data(), pat.storage(), 0.0f);
+    for (int64_t f0 = 0; f0 < nr; f0 += fold_rows) {
+      std::fill_n(s.acc1.data(), pat.storage(), 0.0f);
+      const int64_t rows_here = std::min(fold_rows, nr - f0);
+      reduce_deviations(xb + f0 * C, rows_here * C, pat, s.pattern.data(), s.acc1.data(),
+                        s.acc2.data());
+      pf.advance(rows_here * C * sizeof(T));
+      pat.fold(s.acc1.data(), s.sum1.data());
+    }
+    pat.fold(s.acc2.data(), s.sum2.data());
+    if (out.count <= 0) {
+      for (int64_t c = 0; c < C; ++c) {
+        out.mean[c] = center[c] + s.sum1[c] * inv_count;
+        out.m2[c] = std::max(0.0, s.sum2[c] - s.sum1[c] * s.sum1[c] * inv_count);
+      }
+    } else {
+      const double total = out.count + count, f1 = count / total, f2 = out.count * count / total;
+      for (int64_t c = 0; c < C; ++c) {
+        const double mean_b = center[c] + s.sum1[c] * inv_count;
+        const double m2_b = std::max(0.0, s.sum2[c] - s.sum1[c] * s.sum1[c] * inv_count);
+        const double d = mean_b - out.mean[c];
+        out.mean[c] += d * f1;
+        out.m2[c] += m2_b + d * d * f2;
+      }
+    }
+    out.count += count;
+  }
+}
+
+/// sum_dy[c] += sum(dy), sum_dyx[c] += sum(dy * (x - mean_c)) over `rows` rows of the (rows, C)
+/// blocks x and dy; mean_pattern is the expanded per-channel mean. fp32 within rows_per_fold
+/// rows, folded into double.
+template <class T>
+NB_AVX512 void accumulate_channel_backward(const T* x, const T* dy, int64_t rows,
+                                           const float* mean_pattern, const ChannelPattern& pat,
+                                           ChannelScratch& s, double* sum_dy, double* sum_dyx,
+                                           Prefetcher& pf) {
+  const int64_t C = pat.channels, fold_rows = rows_per_fold(pat);
+  for (int64_t r0 = 0; r0 < rows; r0 += fold_rows) {
+    const int64_t nr = std::min(fold_rows, rows - r0);
+    std::fill_n(s.acc1.data(), pat.storage(), 0.0f);
+    std::fill_n(s.acc2.data(), pat.storage(), 0.0f);
+    reduce_backward(x + r0 * C, dy + r0 * C, nr * C, pat, mean_pattern, s.acc1.data(),
+                    s.acc2.data());
+    pf.advance(nr * C * sizeof(T));
+    pat.fold(s.acc1.data(), sum_dy);
+    pat.fold(s.acc2.data(), sum_dyx);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pattern ops for write_span (simd.hpp): per-channel parameters walked with the position.
+
+/// y = (x - mean_c) * scale_c + shift_c
+template <class T>
+struct PatternAffineOp {
+  const T* x;
+  const float *mean, *scale, *shift;
+  int64_t period, pos = 0;
+  NB_AVX512_INLINE __m512 full(int64_t i) {
+    const __m512 y = compute(Io<T>::load(x + i));
+    step(16);
+    return y;
+  }
+  NB_AVX512_INLINE __m512 part(int64_t i, __mmask16 m, int k) {
+    const __m512 y = compute(Io<T>::load(x + i, m));
+    step(k);
+    return y;
+  }
+  NB_AVX512_INLINE __m512 compute(__m512 v) const {
+    return _mm512_fmadd_ps(_mm512_sub_ps(v, _mm512_loadu_ps(mean + pos)),
+                           _mm512_loadu_ps(scale + pos), _mm512_loadu_ps(shift + pos));
+  }
+  void step(int64_t k) {
+    pos += k;
+    if (pos >= period) pos -= period;
+  }
+};
+
+/// dx = k_c * dy + (x - mean_c) * c1_c + c0_c
+template <class T>
+struct PatternBackwardOp {
+  const T* x;
+  const T* dy;
+  const float *mean, *k, *c1, *c0;
+  int64_t period, pos = 0;
+  NB_AVX512_INLINE __m512 full(int64_t i) {
+    const __m512 r = compute(Io<T>::load(x + i), Io<T>::load(dy + i));
+    step(16);
+    return r;
+  }
+  NB_AVX512_INLINE __m512 part(int64_t i, __mmask16 m, int kk) {
+    const __m512 r = compute(Io<T>::load(x + i, m), Io<T>::load(dy + i, m));
+    step(kk);
+    return r;
+  }
+  NB_AVX512_INLINE __m512 compute(__m512 xv, __m512 g) const {
+    const __m512 centered = _mm512_sub_ps(xv, _mm512_loadu_ps(mean + pos));
+    return _mm512_fmadd_ps(
+        _mm512_loadu_ps(k + pos), g,
+        _mm512_fmadd_ps(centered, _mm512_loadu_ps(c1 + pos), _mm512_loadu_ps(c0 + pos)));
+  }
+  void step(int64_t kk) {
+    pos += kk;
+    if (pos >= period) pos -= period;
+  }
+};
+
+/// The patterns of one channels-last write: mean, scale, shift (forward) or mean, k, c1, c0
+/// (backward), each expanded from per-channel arrays.
+struct WritePatterns {
+  AlignedArray<float> p[4];
+  explicit WritePatterns(const ChannelPattern& pat)
+      : p{AlignedArray<float>(pat.storage()), AlignedArray<float>(pat.storage()),
+          AlignedArray<float>(pat.storage()), AlignedArray<float>(pat.storage())} {}
+};
+
+}  // namespace nb::avx512::NB_AVX512_VARIANT

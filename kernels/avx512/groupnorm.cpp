@@ -1,0 +1,513 @@
+// GroupNorm and InstanceNorm on the avx512 backend: fwd_train, fwd_infer and bwd, NCHW and NHWC,
+// f32/bf16/f16 (CONVENTIONS section 1: statistics per (n, g) over C/G channels x H x W, per-channel
+// gamma/beta; InstanceNorm is GroupNorm with G = C; fwd_infer = training y without saved stats).
+//
+// NCHW: the unit (n, g) is one contiguous span of (C/G)*H*W elements. Each thread takes whole
+// units: statistics in 16 KiB blocks (two passes per L1-resident block, Chan merge), then y is
+// written channel by channel from the cached span with non-temporal stores; the next unit is
+// prefetched in step with all the passes over this one. The backward takes per-channel sum(dy) and
+// sum(dy*(x - mean)) in one pass over the span (they give dgamma/dbeta and the group's two
+// coefficients), then writes dx from the cache. NHWC: the unit is a sample's (H*W, C) block;
+// vectorised along C with per-channel patterns (channels_last.hpp): per-channel moments (blocked
+// two-pass + Chan), merged per group with Chan, then y from the cached block with the next sample
+// prefetched; the backward likewise. Units left over when N*G (NCHW) or N (NHWC) is not a multiple
+// of the thread count are split between the threads and their partials merged after a barrier.
+// dgamma/dbeta: per-thread partials in double, merged once.
+//
+// Limits: NCHW with 1 < H*W < 16 runs with mostly masked vectors, one reduction per channel per
+// unit (correct, not fast); H*W = 1 takes the NHWC path (the same memory).
+#include <vector>
+
+#include "kernels/avx512/channels_last.hpp"
+#include "kernels/avx512/simd.hpp"
+
+namespace nb::avx512::NB_AVX512_VARIANT {
+namespace {
+
+struct Groups {
+  int64_t n, c, g, cg, s, length;  ///< N, C, groups, channels per group, H*W, (C/G)*H*W
+  explicit Groups(const Problem& p)
+      : n(p.n),
+        c(p.c),
+        g(p.effective_groups()),
+        cg(p.c / p.effective_groups()),
+        s(p.spatial()),
+        length(p.c / p.effective_groups() * p.spatial()) {}
+};
+
+struct GroupStats {
+  float mean, invstd;
+};
+
+/// Statistics of unit u = n*G + g (the saved-statistics index for both GroupNorm (N, G) and
+/// InstanceNorm (N, C)); with `write`, saves them when the pass has mean/invstd.
+GroupStats group_stats(const Problem& p, const KernelArgs& a, int64_t u, const Moments& m,
+                       bool write) {
+  const double invstd = 1.0 / std::sqrt(m.variance() + p.eps);
+  if (write && a.mean) a.mean[u] = static_cast<float>(m.mean);
+  if (write && a.invstd) a.invstd[u] = static_cast<float>(invstd);
+  return {static_cast<float>(m.mean), static_cast<float>(invstd)};
+}
+
+/// Per-thread partial dgamma/dbeta (double, C each).
+struct ParamPartials {
+  std::vector<double> dgamma, dbeta;
+  explicit ParamPartials(int64_t c = 0) : dgamma(c), dbeta(c) {}
+};
+
+/// The coefficients of dx = invstd*gamma_c*dy + (x - mean)*c1 + c0 for one unit, from its
+/// channels' sums (sum_dy[k], sum_dyx[k] for channel c = g*cg + k): with g' = gamma*dy,
+/// c0 = -invstd * mean(g'), c1 = -invstd^3 * mean(g' * (x - mean)). With `accumulate`, adds the
+/// channels' dgamma += invstd*sum_dyx and dbeta += sum_dy to pp.
+struct GroupBackward {
+  float c1, c0;
+};
+GroupBackward group_backward(const KernelArgs& a, const Groups& gr, int64_t g, double invstd,
+                             const double* sum_dy, const double* sum_dyx, ParamPartials& pp,
+                             bool accumulate) {
+  double sg = 0, sgx = 0;
+  for (int64_t k = 0; k < gr.cg; ++k) {
+    const int64_t c = g * gr.cg + k;
+    const double gamma = a.gamma ? a.gamma[c] : 1.0;
+    sg += gamma * sum_dy[k];
+    sgx += gamma * sum_dyx[k];
+    if (accumulate) {
+      pp.dgamma[c] += invstd * sum_dyx[k];
+      pp.dbeta[c] += sum_dy[k];
+    }
+  }
+  const double count = static_cast<double>(gr.length);
+  return {static_cast<float>(-invstd * invstd * invstd * sgx / count),
+          static_cast<float>(-invstd * sg / count)};
+}
+
+/// Writes dgamma/dbeta: each thread sums the partials of a range of channels.
+void merge_param_partials(const KernelArgs& a, const std::vector<ParamPartials>& parts, int t,
+                          int nt, int64_t channels) {
+  const Range mine = split_range(channels, t, nt);
+  for (int64_t c = mine.begin; c < mine.end; ++c) {
+    double g = 0, b = 0;
+    for (int i = 0; i < nt; ++i) g += parts[i].dgamma[c], b += parts[i].dbeta[c];
+    if (a.dgamma) a.dgamma[c] = static_cast<float>(g);
+    if (a.dbeta) a.dbeta[c] = static_cast<float>(b);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NCHW: unit u is the contiguous span x + u*L, channel k of the group at offset k*H*W.
+
+template <class T>
+NB_AVX512 void write_unit(const Typed<T>& t, const KernelArgs& a, const Groups& gr, int64_t u,
+                          Range r, const GroupStats& st, bool stream, Prefetcher& pf) {
+  const int64_t base = u * gr.length, g = u % gr.g;
+  for (Pieces pc(gr.s, gr.s, r.begin, r.end); pc.next();) {
+    const int64_t c = g * gr.cg + pc.offset / gr.s;
+    const float gamma = a.gamma ? a.gamma[c] : 1.0f, beta = a.beta ? a.beta[c] : 0.0f;
+    AffineOp<T> op(t.x + base + pc.offset, st.mean, gamma * st.invstd, beta);
+    write_span(t.y + base + pc.offset, pc.length, stream, op, pf);
+  }
+}
+
+template <class T>
+NB_AVX512 void nchw_forward_units(const Problem& p, const KernelArgs& a, int64_t u0, int64_t u1,
+                                  bool stream, bool prefetch) {
+  const Typed<T> t(a);
+  const Groups gr(p);
+  for (int64_t u = u0; u < u1; ++u) {
+    const T* x = t.x + u * gr.length;
+    Prefetcher pf;  // unit u+1, over the 3 passes of unit u
+    pf.pace(3);
+    if (prefetch && u + 1 < u1) pf.add(x + gr.length, 1, gr.length * sizeof(T), 0);
+    const GroupStats st =
+        group_stats(p, a, u, strided_moments(x, gr.length, gr.length, 0, gr.length, pf), true);
+    write_unit(t, a, gr, u, {0, gr.length}, st, stream, pf);
+  }
+  end_streaming(stream);
+}
+
+template <class T>
+NB_AVX512 Moments nchw_unit_moments(const Problem& p, const KernelArgs& a, int64_t u, Range r) {
+  const Groups gr(p);
+  Prefetcher none;
+  return strided_moments(static_cast<const T*>(a.x) + u * gr.length, gr.length, gr.length, r.begin,
+                         r.end, none);
+}
+
+template <class T>
+NB_AVX512 void nchw_write_unit_part(const Problem& p, const KernelArgs& a, int64_t u, Range r,
+                                    const GroupStats& st, bool stream) {
+  Prefetcher none;
+  write_unit(Typed<T>(a), a, Groups(p), u, r, st, stream, none);
+  end_streaming(stream);
+}
+
+template <class T>
+void nchw_forward(const Problem& p, const KernelArgs& a) {
+  const Groups gr(p);
+  const int64_t units = gr.n * gr.g;
+  const int threads = thread_budget(p.numel());
+  const bool stream = use_streaming(2 * p.numel() * sizeof(T));
+  const bool prefetch = prefetch_next_unit(gr.length * sizeof(T), threads);
+  std::vector<Moments> partial(threads);
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t per_thread = units / nt;
+    nchw_forward_units<T>(p, a, t * per_thread, (t + 1) * per_thread, stream, prefetch);
+    for (int64_t u = per_thread * nt; u < units; ++u) {  // leftover units: split each
+      const Range r = split_range(gr.length, t, nt);
+      partial[t] = nchw_unit_moments<T>(p, a, u, r);
+#pragma omp barrier
+      Moments m;
+      for (int i = 0; i < nt; ++i) m.merge(partial[i]);
+      nchw_write_unit_part<T>(p, a, u, r, group_stats(p, a, u, m, t == 0), stream);
+#pragma omp barrier
+    }
+  }
+}
+
+/// Per-channel backward sums of the part r of unit u: sum_dy[k], sum_dyx[k] += over channel k.
+template <class T>
+NB_AVX512 void nchw_unit_sums(const Typed<T>& t, const KernelArgs& a, const Groups& gr, int64_t u,
+                              Range r, double* sum_dy, double* sum_dyx, Prefetcher& pf) {
+  const int64_t base = u * gr.length;
+  for (Pieces pc(gr.s, gr.s, r.begin, r.end); pc.next();) {
+    const int64_t k = pc.offset / gr.s;
+    const BackwardSums s = strided_backward_sums(t.x + base + pc.offset, t.dy + base + pc.offset,
+                                                 pc.length, pc.length, 0, pc.length, a.mean[u], pf);
+    sum_dy[k] += s.dy;
+    sum_dyx[k] += s.dy_x;
+  }
+}
+
+template <class T>
+NB_AVX512 void write_unit_dx(const Typed<T>& t, const KernelArgs& a, const Groups& gr, int64_t u,
+                             Range r, const GroupBackward& b, bool stream, Prefetcher& pf) {
+  const int64_t base = u * gr.length, g = u % gr.g;
+  const float invstd = a.invstd[u];
+  for (Pieces pc(gr.s, gr.s, r.begin, r.end); pc.next();) {
+    const int64_t c = g * gr.cg + pc.offset / gr.s;
+    const float k = (a.gamma ? a.gamma[c] : 1.0f) * invstd;
+    BackwardOp<T> op(t.x + base + pc.offset, t.dy + base + pc.offset, a.mean[u], k, b.c1, b.c0);
+    write_span(t.dx + base + pc.offset, pc.length, stream, op, pf);
+  }
+}
+
+template <class T>
+NB_AVX512 void nchw_backward_units(const Problem& p, const KernelArgs& a, int64_t u0, int64_t u1,
+                                   ParamPartials& pp, bool stream, bool prefetch) {
+  const Typed<T> t(a);
+  const Groups gr(p);
+  std::vector<double> sum_dy(gr.cg), sum_dyx(gr.cg);
+  for (int64_t u = u0; u < u1; ++u) {
+    std::fill(sum_dy.begin(), sum_dy.end(), 0.0);
+    std::fill(sum_dyx.begin(), sum_dyx.end(), 0.0);
+    Prefetcher pf;  // unit u+1, over the 2 passes of unit u
+    pf.pace(2);
+    if (prefetch && u + 1 < u1) {
+      pf.add(t.x + (u + 1) * gr.length, 1, gr.length * sizeof(T), 0);
+      pf.add(t.dy + (u + 1) * gr.length, 1, gr.length * sizeof(T), 0);
+    }
+    nchw_unit_sums(t, a, gr, u, {0, gr.length}, sum_dy.data(), sum_dyx.data(), pf);
+    const GroupBackward b =
+        group_backward(a, gr, u % gr.g, a.invstd[u], sum_dy.data(), sum_dyx.data(), pp, true);
+    write_unit_dx(t, a, gr, u, {0, gr.length}, b, stream, pf);
+  }
+  end_streaming(stream);
+}
+
+template <class T>
+NB_AVX512 void nchw_unit_part_sums(const Problem& p, const KernelArgs& a, int64_t u, Range r,
+                                   double* sum_dy, double* sum_dyx) {
+  Prefetcher none;
+  nchw_unit_sums(Typed<T>(a), a, Groups(p), u, r, sum_dy, sum_dyx, none);
+}
+
+template <class T>
+NB_AVX512 void nchw_write_unit_part_dx(const Problem& p, const KernelArgs& a, int64_t u, Range r,
+                                       const GroupBackward& b, bool stream) {
+  Prefetcher none;
+  write_unit_dx(Typed<T>(a), a, Groups(p), u, r, b, stream, none);
+  end_streaming(stream);
+}
+
+template <class T>
+void nchw_backward(const Problem& p, const KernelArgs& a) {
+  const Groups gr(p);
+  const int64_t units = gr.n * gr.g;
+  const int threads = thread_budget(p.numel());
+  const bool stream = use_streaming(3 * p.numel() * sizeof(T));
+  const bool prefetch = prefetch_next_unit(2 * gr.length * sizeof(T), threads);
+  std::vector<ParamPartials> pp(threads, ParamPartials(gr.c));
+  std::vector<std::vector<double>> sum_dy(threads), sum_dyx(threads);
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t per_thread = units / nt;
+    nchw_backward_units<T>(p, a, t * per_thread, (t + 1) * per_thread, pp[t], stream, prefetch);
+    for (int64_t u = per_thread * nt; u < units; ++u) {  // leftover units: split each
+      const Range r = split_range(gr.length, t, nt);
+      sum_dy[t].assign(gr.cg, 0.0);
+      sum_dyx[t].assign(gr.cg, 0.0);
+      nchw_unit_part_sums<T>(p, a, u, r, sum_dy[t].data(), sum_dyx[t].data());
+#pragma omp barrier
+      std::vector<double> dy(gr.cg), dyx(gr.cg);
+      for (int i = 0; i < nt; ++i)
+        for (int64_t k = 0; k < gr.cg; ++k) dy[k] += sum_dy[i][k], dyx[k] += sum_dyx[i][k];
+      const GroupBackward b =
+          group_backward(a, gr, u % gr.g, a.invstd[u], dy.data(), dyx.data(), pp[t], t == 0);
+      nchw_write_unit_part_dx<T>(p, a, u, r, b, stream);
+#pragma omp barrier
+    }
+#pragma omp barrier
+    merge_param_partials(a, pp, t, nt, gr.c);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NHWC: unit n is the sample's (H*W, C) block at x + n*H*W*C.
+
+/// Group statistics of sample n from its per-channel moments (Chan merge over each group's
+/// channels), expanded into the write patterns mean_c, scale_c = gamma_c*invstd_g, shift_c.
+void nhwc_sample_stats(const Problem& p, const KernelArgs& a, const Groups& gr, int64_t n,
+                       const ChannelMoments& cm, const ChannelPattern& pat, WritePatterns& w,
+                       std::vector<float>& tmp, bool write) {
+  std::vector<GroupStats> st(gr.g);
+  for (int64_t g = 0; g < gr.g; ++g) {
+    Moments m;
+    for (int64_t c = g * gr.cg; c < (g + 1) * gr.cg; ++c) m.merge(cm.count, cm.mean[c], cm.m2[c]);
+    st[g] = group_stats(p, a, n * gr.g + g, m, write);
+  }
+  for (int j = 0; j < 3; ++j) {
+    for (int64_t c = 0; c < gr.c; ++c) {
+      const GroupStats& s = st[c / gr.cg];
+      tmp[c] = j == 0   ? s.mean
+               : j == 1 ? (a.gamma ? a.gamma[c] : 1.0f) * s.invstd
+                        : (a.beta ? a.beta[c] : 0.0f);
+    }
+    pat.expand(tmp.data(), w.p[j].data());
+  }
+}
+
+template <class T>
+NB_AVX512 void nhwc_write_sample(const T* x, T* y, int64_t n, const ChannelPattern& pat,
+                                 const WritePatterns& w, bool stream, Prefetcher& pf) {
+  PatternAffineOp<T> op{x, w.p[0].data(), w.p[1].data(), w.p[2].data(), pat.period};
+  write_span(y, n, stream, op, pf);
+}
+
+template <class T>
+NB_AVX512 void nhwc_forward_samples(const Problem& p, const KernelArgs& a, int64_t n0, int64_t n1,
+                                    bool stream, bool prefetch) {
+  const Typed<T> t(a);
+  const Groups gr(p);
+  const ChannelPattern pat(gr.c);
+  ChannelScratch scratch(pat);
+  WritePatterns w(pat);
+  std::vector<float> tmp(gr.c);
+  const int64_t block = gr.s * gr.c;
+  for (int64_t n = n0; n < n1; ++n) {
+    Prefetcher pf;  // sample n+1, over the 3 passes of sample n
+    pf.pace(3);
+    if (prefetch && n + 1 < n1) pf.add(t.x + (n + 1) * block, 1, block * sizeof(T), 0);
+    ChannelMoments cm(gr.c);
+    accumulate_channel_moments(t.x + n * block, gr.s, pat, scratch, cm, pf);
+    nhwc_sample_stats(p, a, gr, n, cm, pat, w, tmp, true);
+    nhwc_write_sample(t.x + n * block, t.y + n * block, block, pat, w, stream, pf);
+  }
+  end_streaming(stream);
+}
+
+template <class T>
+NB_AVX512 void nhwc_rows_moments(const Problem& p, const KernelArgs& a, int64_t n, Range rows,
+                                 ChannelMoments& cm) {
+  const Groups gr(p);
+  const ChannelPattern pat(gr.c);
+  ChannelScratch scratch(pat);
+  Prefetcher none;
+  accumulate_channel_moments(static_cast<const T*>(a.x) + (n * gr.s + rows.begin) * gr.c,
+                             rows.end - rows.begin, pat, scratch, cm, none);
+}
+
+template <class T>
+NB_AVX512 void nhwc_write_rows(const Problem& p, const KernelArgs& a, int64_t n, Range rows,
+                               const WritePatterns& w, bool stream) {
+  const Typed<T> t(a);
+  const Groups gr(p);
+  const ChannelPattern pat(gr.c);
+  const int64_t base = (n * gr.s + rows.begin) * gr.c;
+  Prefetcher none;
+  nhwc_write_sample(t.x + base, t.y + base, (rows.end - rows.begin) * gr.c, pat, w, stream, none);
+  end_streaming(stream);
+}
+
+template <class T>
+void nhwc_forward(const Problem& p, const KernelArgs& a) {
+  const Groups gr(p);
+  const ChannelPattern pat(gr.c);
+  const int threads = thread_budget(p.numel());
+  const bool stream = use_streaming(2 * p.numel() * sizeof(T));
+  const bool prefetch = prefetch_next_unit(gr.s * gr.c * sizeof(T), threads);
+  std::vector<ChannelMoments> partial(threads, ChannelMoments(gr.c));
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t per_thread = gr.n / nt;
+    nhwc_forward_samples<T>(p, a, t * per_thread, (t + 1) * per_thread, stream, prefetch);
+    WritePatterns w(pat);
+    std::vector<float> tmp(gr.c);
+    for (int64_t n = per_thread * nt; n < gr.n; ++n) {  // leftover samples: split the rows
+      const Range rows = split_range(gr.s, t, nt);
+      partial[t] = ChannelMoments(gr.c);
+      nhwc_rows_moments<T>(p, a, n, rows, partial[t]);
+#pragma omp barrier
+      ChannelMoments cm(gr.c);
+      for (int i = 0; i < nt; ++i) cm.merge(partial[i]);
+      nhwc_sample_stats(p, a, gr, n, cm, pat, w, tmp, t == 0);
+      nhwc_write_rows<T>(p, a, n, rows, w, stream);
+#pragma omp barrier
+    }
+  }
+}
+
+/// Backward coefficients of sample n from its per-channel sums, expanded into the patterns
+/// k_c = gamma_c*invstd_g, c1_g, c0_g (w.p[1..3]; w.p[0] already holds the mean pattern).
+void nhwc_sample_backward(const KernelArgs& a, const Groups& gr, int64_t n, const double* sum_dy,
+                          const double* sum_dyx, const ChannelPattern& pat, WritePatterns& w,
+                          std::vector<float>& tmp, ParamPartials& pp, bool accumulate) {
+  std::vector<GroupBackward> b(gr.g);
+  for (int64_t g = 0; g < gr.g; ++g)
+    b[g] = group_backward(a, gr, g, a.invstd[n * gr.g + g], sum_dy + g * gr.cg, sum_dyx + g * gr.cg,
+                          pp, accumulate);
+  for (int j = 1; j < 4; ++j) {
+    for (int64_t c = 0; c < gr.c; ++c) {
+      const int64_t g = c / gr.cg;
+      tmp[c] = j == 1   ? (a.gamma ? a.gamma[c] : 1.0f) * a.invstd[n * gr.g + g]
+               : j == 2 ? b[g].c1
+                        : b[g].c0;
+    }
+    pat.expand(tmp.data(), w.p[j].data());
+  }
+}
+
+void nhwc_mean_pattern(const KernelArgs& a, const Groups& gr, int64_t n, const ChannelPattern& pat,
+                       WritePatterns& w, std::vector<float>& tmp) {
+  for (int64_t c = 0; c < gr.c; ++c) tmp[c] = a.mean[n * gr.g + c / gr.cg];
+  pat.expand(tmp.data(), w.p[0].data());
+}
+
+template <class T>
+NB_AVX512 void nhwc_write_sample_dx(const T* x, const T* dy, T* dx, int64_t n,
+                                    const ChannelPattern& pat, const WritePatterns& w, bool stream,
+                                    Prefetcher& pf) {
+  PatternBackwardOp<T> op{x,         dy, w.p[0].data(), w.p[1].data(), w.p[2].data(), w.p[3].data(),
+                          pat.period};
+  write_span(dx, n, stream, op, pf);
+}
+
+template <class T>
+NB_AVX512 void nhwc_backward_samples(const Problem& p, const KernelArgs& a, int64_t n0, int64_t n1,
+                                     ParamPartials& pp, bool stream, bool prefetch) {
+  const Typed<T> t(a);
+  const Groups gr(p);
+  const ChannelPattern pat(gr.c);
+  ChannelScratch scratch(pat);
+  WritePatterns w(pat);
+  std::vector<float> tmp(gr.c);
+  std::vector<double> sum_dy(gr.c), sum_dyx(gr.c);
+  const int64_t block = gr.s * gr.c;
+  for (int64_t n = n0; n < n1; ++n) {
+    nhwc_mean_pattern(a, gr, n, pat, w, tmp);
+    std::fill(sum_dy.begin(), sum_dy.end(), 0.0);
+    std::fill(sum_dyx.begin(), sum_dyx.end(), 0.0);
+    Prefetcher pf;  // sample n+1, over the 2 passes of sample n
+    pf.pace(2);
+    if (prefetch && n + 1 < n1) {
+      pf.add(t.x + (n + 1) * block, 1, block * sizeof(T), 0);
+      pf.add(t.dy + (n + 1) * block, 1, block * sizeof(T), 0);
+    }
+    accumulate_channel_backward(t.x + n * block, t.dy + n * block, gr.s, w.p[0].data(), pat,
+                                scratch, sum_dy.data(), sum_dyx.data(), pf);
+    nhwc_sample_backward(a, gr, n, sum_dy.data(), sum_dyx.data(), pat, w, tmp, pp, true);
+    nhwc_write_sample_dx(t.x + n * block, t.dy + n * block, t.dx + n * block, block, pat, w, stream,
+                         pf);
+  }
+  end_streaming(stream);
+}
+
+template <class T>
+NB_AVX512 void nhwc_rows_backward_sums(const Problem& p, const KernelArgs& a, int64_t n, Range rows,
+                                       const WritePatterns& w, double* sum_dy, double* sum_dyx) {
+  const Typed<T> t(a);
+  const Groups gr(p);
+  const ChannelPattern pat(gr.c);
+  ChannelScratch scratch(pat);
+  const int64_t base = (n * gr.s + rows.begin) * gr.c;
+  Prefetcher none;
+  accumulate_channel_backward(t.x + base, t.dy + base, rows.end - rows.begin, w.p[0].data(), pat,
+                              scratch, sum_dy, sum_dyx, none);
+}
+
+template <class T>
+NB_AVX512 void nhwc_write_rows_dx(const Problem& p, const KernelArgs& a, int64_t n, Range rows,
+                                  const WritePatterns& w, bool stream) {
+  const Typed<T> t(a);
+  const Groups gr(p);
+  const ChannelPattern pat(gr.c);
+  const int64_t base = (n * gr.s + rows.begin) * gr.c;
+  Prefetcher none;
+  nhwc_write_sample_dx(t.x + base, t.dy + base, t.dx + base, (rows.end - rows.begin) * gr.c, pat, w,
+                       stream, none);
+  end_streaming(stream);
+}
+
+template <class T>
+void nhwc_backward(const Problem& p, const KernelArgs& a) {
+  const Groups gr(p);
+  const ChannelPattern pat(gr.c);
+  const int threads = thread_budget(p.numel());
+  const bool stream = use_streaming(3 * p.numel() * sizeof(T));
+  const bool prefetch = prefetch_next_unit(2 * gr.s * gr.c * sizeof(T), threads);
+  std::vector<ParamPartials> pp(threads, ParamPartials(gr.c));
+  std::vector<std::vector<double>> sum_dy(threads), sum_dyx(threads);
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t per_thread = gr.n / nt;
+    nhwc_backward_samples<T>(p, a, t * per_thread, (t + 1) * per_thread, pp[t], stream, prefetch);
+    WritePatterns w(pat);
+    std::vector<float> tmp(gr.c);
+    for (int64_t n = per_thread * nt; n < gr.n; ++n) {  // leftover samples: split the rows
+      const Range rows = split_range(gr.s, t, nt);
+      nhwc_mean_pattern(a, gr, n, pat, w, tmp);
+      sum_dy[t].assign(gr.c, 0.0);
+      sum_dyx[t].assign(gr.c, 0.0);
+      nhwc_rows_backward_sums<T>(p, a, n, rows, w, sum_dy[t].data(), sum_dyx[t].data());
+#pragma omp barrier
+      std::vector<double> dy(gr.c), dyx(gr.c);
+      for (int i = 0; i < nt; ++i)
+        for (int64_t c = 0; c < gr.c; ++c) dy[c] += sum_dy[i][c], dyx[c] += sum_dyx[i][c];
+      nhwc_sample_backward(a, gr, n, dy.data(), dyx.data(), pat, w, tmp, pp[t], t == 0);
+      nhwc_write_rows_dx<T>(p, a, n, rows, w, stream);
+#pragma omp barrier
+    }
+#pragma omp barrier
+    merge_param_partials(a, pp, t, nt, gr.c);
+  }
+}
+
+template <class T>
+void run_groups(const Problem& p, const KernelArgs& a) {
+  // NCHW with H*W = 1 is the NHWC memory of one row per sample: the pattern path vectorises along
+  // C there instead of one masked lane per channel.
+  const bool rows = p.layout == Layout::nhwc || p.spatial() == 1;
+  if (p.pass == Pass::bwd) return rows ? nhwc_backward<T>(p, a) : nchw_backward<T>(p, a);
+  return rows ? nhwc_forward<T>(p, a) : nchw_forward<T>(p, a);
+}
+
+}  // namespace
+
+NB_AVX512_ENTRY(groupnorm, run_groups)
+NB_AVX512_ENTRY(instancenorm, run_groups)
+
+}  // namespace nb::avx512::NB_AVX512_VARIANT
