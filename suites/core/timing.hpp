@@ -2,10 +2,10 @@
 //
 // Each case is registered at run time (benchmark::RegisterBenchmark) and run with R repetitions.
 // Before the timed loop of every repetition (and of every iteration-count trial Google Benchmark
-// makes) two STREAM-style copies run with the same threads: one with ordinary stores and one with
-// non-temporal stores. The bandwidth of these virtual machines moves from about 40 to 90 GB/s
-// within minutes, so the roofline of a row is the median of the copies measured between its own
-// repetitions, never a copy measured once per run.
+// makes) two STREAM-style copies run with the same threads, each repeated for max(10 ms,
+// min_time / 4): one with ordinary stores and one with non-temporal stores. The bandwidth of these
+// virtual machines moves from about 40 to 90 GB/s within minutes, so the roofline of a row is the
+// median of the copies measured between its own repetitions, never a copy measured once per run.
 //
 // Modes:
 //  hot   the same buffers back to back; wall time of the loop (UseRealTime), what a framework sees
@@ -54,6 +54,11 @@ TimingResult time_instance(Instance& inst, const TimingOptions& opt, const std::
 /// One STREAM-style copy of `bytes` from src to dst with the current OpenMP threads; returns
 /// GB/s counting bytes read + written (2 * bytes / seconds / 1e9).
 double copy_bandwidth(void* dst, const void* src, std::size_t bytes, bool non_temporal);
+
+/// Repeats copy_bandwidth until min_seconds of copying have passed; returns the aggregate GB/s.
+/// The paired roofline uses max(10 ms, min_time / 4) of each copy kind per repetition.
+double sustained_copy_bandwidth(void* dst, const void* src, std::size_t bytes, bool non_temporal,
+                                double min_seconds);
 
 /// Writes a buffer of twice the last-level cache so no tensor of the case stays cached.
 void flush_caches();
