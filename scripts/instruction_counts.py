@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import re
 import shutil
 import subprocess
@@ -44,8 +45,8 @@ COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 def count(normbench: str, backend: str, repro: str) -> int:
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
            normbench, "exec", repro, "--backend", backend, "--iterations", "4", "--threads", "1"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1",
-                                                                   "PATH": "/usr/bin:/bin"})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     m = COLLECTED.search(res.stderr)
     if res.returncode != 0 or not m:
         raise SystemExit(f"instruction_counts.py: error: {' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
