@@ -21,7 +21,7 @@ std::vector<std::string> resolve_backends(const std::vector<std::string>& reques
   if (requested.empty()) {
     std::vector<std::string> out;
     for (const auto& b : reg.backends())
-      if (b != "reference") out.push_back(b);
+      if (b != "reference" && !reg.backend_unavailable_reason(b)) out.push_back(b);
     return out.empty() ? std::vector<std::string>{"reference"} : out;
   }
   for (const auto& b : requested)

@@ -14,9 +14,10 @@
 namespace nb {
 
 struct SweepOptions {
-  std::vector<std::string> backends;  ///< empty: the config's, else every visible non-reference one
-  std::vector<Method> methods;        ///< empty: all
-  int threads = 0;                    ///< 0: OpenMP default
+  std::vector<std::string>
+      backends;                 ///< empty: the config's, else every available one but the reference
+  std::vector<Method> methods;  ///< empty: all
+  int threads = 0;              ///< 0: OpenMP default
   std::string out_csv = "results/sweep.csv";
   bool resume = false;
   std::string dump_dir;            ///< empty: no dump
