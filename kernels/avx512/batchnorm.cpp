@@ -110,12 +110,14 @@ NB_AVX512 void nchw_train_channels(const Problem& p, const KernelArgs& a, int64_
                                    bool stream, bool prefetch) {
   const Typed<T> t(a);
   const Slices g(p);
+  CenterHint hint;  // the previous channel's statistics center this one's first block
   for (int64_t c = c0; c < c1; ++c) {
-    Prefetcher pf;  // channel c+1, over the 3 passes of channel c
-    pf.pace(3);
+    Prefetcher pf;  // channel c+1, over the passes of channel c (statistics, then y)
+    pf.pace(moment_passes<T>(g.length, hint.valid) + 1);
     if (prefetch && c + 1 < c1)
       pf.add(t.x + (c + 1) * g.s, p.n, g.s * sizeof(T), g.stride * sizeof(T));
-    const Moments m = strided_moments(t.x + c * g.s, g.s, g.stride, 0, g.length, pf);
+    const Moments m = strided_moments(t.x + c * g.s, g.s, g.stride, 0, g.length, pf, hint);
+    hint = CenterHint::of(m);
     const ChannelAffine f = train_affine(p, a, c, m, true);
     write_channel(t.x + c * g.s, t.y + c * g.s, g, 0, g.length, f, stream, pf);
   }

@@ -1,8 +1,10 @@
 // Channels-last (NHWC) helpers of the avx512 backend: per-channel values laid out as a "pattern"
 // so that 16 consecutive elements of a row-major (rows, C) block meet their 16 per-channel values
 // in one unaligned load whatever C is (C = 1, 3, 251 alike, no per-row masked tails); per-channel
-// moments (blocked two-pass + Chan merge) and backward sums over a range of rows; the pattern ops
-// that write y and dx. Used by BatchNorm, GroupNorm and InstanceNorm in NHWC.
+// moments (blocked corrected two-pass + Chan merge) and backward sums over a range of rows, with
+// the accumulators held in zmm registers when the period is 64..128 floats (C <= 128) and in an
+// L1-resident pattern array otherwise; the pattern ops that write y and dx. Used by BatchNorm,
+// GroupNorm and InstanceNorm in NHWC.
 //
 // Limits: the pattern period is lcm(C, 16) rounded up to at least 64 while that is <= 4096
 // floats, else C (positions then are not 16-aligned: correct, slightly slower accumulation).
@@ -118,6 +120,12 @@ int64_t rows_per_block(const ChannelPattern& pat) {
 /// so each accumulator slot holds at most 64 terms.
 inline int64_t rows_per_fold(const ChannelPattern& pat) {
   return std::max<int64_t>(1, 64 * pat.period / pat.channels);
+}
+
+/// Rows after which a reduction advances the prefetcher: about kPrefetchChunk elements.
+template <class T>
+int64_t rows_per_advance(const ChannelPattern& pat) {
+  return std::max<int64_t>(1, kPrefetchChunk<T> / pat.channels);
 }
 
 /// centers[c] = exact center (simd.hpp) near shift[c] + sum[c] * inv_count given spread[c];
@@ -364,51 +372,93 @@ NB_AVX512_INLINE void sample_spread(const T* x, int64_t rows, int64_t C, const f
   }
 }
 
-/// Merges the per-channel moments of `rows` rows of the row-major (rows, C) block at x into out.
-/// Blocks of rows_per_block rows: pass 1 sums x - shift per channel (shift = out's running mean,
-/// or the block's first row; the spread is sampled from the block's first rows), pass 2 the
-/// corrected sum of squared deviations from an exact center near the block mean (exact_centers,
-/// simd.hpp) over the cache-resident block; Chan's merge (double) across blocks. Counts as two
-/// passes for pf.
+/// centers[c] = exact center (simd.hpp) near mean[c], given the spread 8 * sqrt(m2[c] / count)
+/// of earlier data.
+NB_AVX512_INLINE void estimated_centers(const double* mean, const double* m2, double count,
+                                        int64_t C, float* centers) {
+  const __m512d inv = _mm512_set1_pd(1.0 / count), eight = _mm512_set1_pd(8.0);
+  for (int64_t c = 0; c < C; c += 8) {
+    const __mmask8 m = static_cast<__mmask8>(C - c >= 8 ? 0xff : (1u << (C - c)) - 1u);
+    const __m512d mv = _mm512_maskz_loadu_pd(m, mean + c);
+    const __m512d sd = _mm512_sqrt_pd(_mm512_mul_pd(_mm512_maskz_loadu_pd(m, m2 + c), inv));
+    _mm256_mask_storeu_ps(centers + c, m, exact_centers(mv, _mm512_mul_pd(sd, eight), mv));
+  }
+}
+
+/// The second pass over one block of nr rows: s.sum1[c] = sum(x - center_c), s.sum2[c] =
+/// sum((x - center_c)^2), fp32 pattern accumulators folded into double every rows_per_fold rows.
+template <class T>
+NB_AVX512_INLINE void channel_deviation_pass(const T* xb, int64_t nr, const ChannelPattern& pat,
+                                             ChannelScratch& s, const float* center,
+                                             Prefetcher& pf) {
+  const int64_t C = pat.channels, fold_rows = rows_per_fold(pat),
+                step_rows = rows_per_advance<T>(pat);
+  pat.expand(center, s.pattern.data());
+  std::fill(s.sum1.begin(), s.sum1.end(), 0.0);
+  std::fill(s.sum2.begin(), s.sum2.end(), 0.0);
+  std::fill_n(s.acc2.data(), pat.storage(), 0.0f);
+  for (int64_t f0 = 0; f0 < nr; f0 += fold_rows) {
+    std::fill_n(s.acc1.data(), pat.storage(), 0.0f);
+    for (int64_t r = f0; r < std::min(nr, f0 + fold_rows); r += step_rows) {
+      const int64_t rows_here = std::min({step_rows, nr - r, f0 + fold_rows - r});
+      reduce_deviations(xb + r * C, rows_here * C, pat, s.pattern.data(), s.acc1.data(),
+                        s.acc2.data());
+      pf.advance(rows_here * C * sizeof(T));
+    }
+    pat.fold(s.acc1.data(), s.sum1.data());
+  }
+  pat.fold(s.acc2.data(), s.sum2.data());
+}
+
+/// Merges the per-channel moments of `rows` rows of the row-major (rows, C) block at x into out,
+/// with strided_moments' algorithm (simd.hpp) channel by channel: blocks of rows_per_block rows,
+/// the corrected two-pass formula around exact centers, Chan's merge (double) across blocks. The
+/// centers of a block come from the running means (later blocks) or `hint` (the previous
+/// sample's moments, first block) with the second pass verified per channel (redone around the
+/// block means if any channel's mean is more than kMaxCenterOffset standard deviations from its
+/// center), else from a first pass (sum of x - shift, shift = the block's first row).
 template <class T>
 NB_AVX512 void accumulate_channel_moments(const T* x, int64_t rows, const ChannelPattern& pat,
-                                          ChannelScratch& s, ChannelMoments& out, Prefetcher& pf) {
+                                          ChannelScratch& s, ChannelMoments& out, Prefetcher& pf,
+                                          const ChannelMoments* hint = nullptr) {
   const int64_t C = pat.channels, block_rows = rows_per_block<T>(pat),
-                fold_rows = rows_per_fold(pat);
+                step_rows = rows_per_advance<T>(pat);
   float* center = s.per_channel.data();
   for (int64_t r0 = 0; r0 < rows; r0 += block_rows) {
     const int64_t nr = std::min(block_rows, rows - r0);
     const double count = static_cast<double>(nr), inv_count = 1.0 / count;
     const T* xb = x + r0 * C;
-    if (out.count > 0) {
-      for (int64_t c = 0; c < C; ++c) center[c] = static_cast<float>(out.mean[c]);
+    const ChannelMoments* estimate = out.count > 0 ? &out : hint;
+    if (estimate) {
+      estimated_centers(estimate->mean.data(), estimate->m2.data(), estimate->count, C, center);
     } else {
       widen(xb, C, center);
-    }
-    pat.expand(center, s.pattern.data());
-    sample_spread(xb, nr, C, center, s.spread.data());
-    std::fill_n(s.acc1.data(), pat.storage(), 0.0f);
-    for (int64_t f0 = 0; f0 < nr; f0 += fold_rows) {  // chunks: paced prefetch
-      const int64_t rows_here = std::min(fold_rows, nr - f0);
-      reduce_sum(xb + f0 * C, rows_here * C, pat, s.pattern.data(), s.acc1.data());
-      pf.advance(rows_here * C * sizeof(T));
-    }
-    std::fill(s.sum1.begin(), s.sum1.end(), 0.0);
-    pat.fold(s.acc1.data(), s.sum1.data());
-    channel_centers(center, s.sum1.data(), s.spread.data(), inv_count, C, center);
-    pat.expand(center, s.pattern.data());
-    std::fill(s.sum1.begin(), s.sum1.end(), 0.0);
-    std::fill(s.sum2.begin(), s.sum2.end(), 0.0);
-    std::fill_n(s.acc2.data(), pat.storage(), 0.0f);
-    for (int64_t f0 = 0; f0 < nr; f0 += fold_rows) {
+      pat.expand(center, s.pattern.data());
+      sample_spread(xb, nr, C, center, s.spread.data());
       std::fill_n(s.acc1.data(), pat.storage(), 0.0f);
-      const int64_t rows_here = std::min(fold_rows, nr - f0);
-      reduce_deviations(xb + f0 * C, rows_here * C, pat, s.pattern.data(), s.acc1.data(),
-                        s.acc2.data());
-      pf.advance(rows_here * C * sizeof(T));
+      for (int64_t r = 0; r < nr; r += step_rows) {
+        const int64_t rows_here = std::min(step_rows, nr - r);
+        reduce_sum(xb + r * C, rows_here * C, pat, s.pattern.data(), s.acc1.data());
+        pf.advance(rows_here * C * sizeof(T));
+      }
+      std::fill(s.sum1.begin(), s.sum1.end(), 0.0);
       pat.fold(s.acc1.data(), s.sum1.data());
+      channel_centers(center, s.sum1.data(), s.spread.data(), inv_count, C, center);
     }
-    pat.fold(s.acc2.data(), s.sum2.data());
+    channel_deviation_pass(xb, nr, pat, s, center, pf);
+    if (estimate) {
+      bool redo = false;
+      for (int64_t c = 0; c < C; ++c) {
+        const double offset = s.sum1[c] * inv_count;
+        const double var = std::max(0.0, s.sum2[c] * inv_count - offset * offset);
+        redo |= offset * offset > kMaxCenterOffset * kMaxCenterOffset * var;
+      }
+      if (redo) {
+        sample_spread(xb, nr, C, center, s.spread.data());
+        channel_centers(center, s.sum1.data(), s.spread.data(), inv_count, C, center);
+        channel_deviation_pass(xb, nr, pat, s, center, pf);
+      }
+    }
     if (out.count <= 0) {
       for (int64_t c = 0; c < C; ++c) {
         out.mean[c] = center[c] + s.sum1[c] * inv_count;
@@ -428,6 +478,12 @@ NB_AVX512 void accumulate_channel_moments(const T* x, int64_t rows, const Channe
   }
 }
 
+/// Passes accumulate_channel_moments makes over `rows` rows (for Prefetcher::pace).
+template <class T>
+int channel_moment_passes(const ChannelPattern& pat, int64_t rows, bool hinted) {
+  return hinted || rows > 2 * rows_per_block<T>(pat) ? 1 : 2;
+}
+
 /// sum_dy[c] += sum(dy), sum_dyx[c] += sum(dy * (x - mean_c)) over `rows` rows of the (rows, C)
 /// blocks x and dy; mean_pattern is the expanded per-channel mean. fp32 within rows_per_fold
 /// rows, folded into double.
@@ -436,14 +492,18 @@ NB_AVX512 void accumulate_channel_backward(const T* x, const T* dy, int64_t rows
                                            const float* mean_pattern, const ChannelPattern& pat,
                                            ChannelScratch& s, double* sum_dy, double* sum_dyx,
                                            Prefetcher& pf) {
-  const int64_t C = pat.channels, fold_rows = rows_per_fold(pat);
+  const int64_t C = pat.channels, fold_rows = rows_per_fold(pat),
+                step_rows = rows_per_advance<T>(pat);
   for (int64_t r0 = 0; r0 < rows; r0 += fold_rows) {
     const int64_t nr = std::min(fold_rows, rows - r0);
     std::fill_n(s.acc1.data(), pat.storage(), 0.0f);
     std::fill_n(s.acc2.data(), pat.storage(), 0.0f);
-    reduce_backward(x + r0 * C, dy + r0 * C, nr * C, pat, mean_pattern, s.acc1.data(),
-                    s.acc2.data());
-    pf.advance(nr * C * sizeof(T));
+    for (int64_t r = r0; r < r0 + nr; r += step_rows) {
+      const int64_t rows_here = std::min(step_rows, r0 + nr - r);
+      reduce_backward(x + r * C, dy + r * C, rows_here * C, pat, mean_pattern, s.acc1.data(),
+                      s.acc2.data());
+      pf.advance(rows_here * C * sizeof(T));
+    }
     pat.fold(s.acc1.data(), sum_dy);
     pat.fold(s.acc2.data(), sum_dyx);
   }

@@ -113,13 +113,15 @@ NB_AVX512 void nchw_forward_units(const Problem& p, const KernelArgs& a, int64_t
                                   bool stream, bool prefetch) {
   const Typed<T> t(a);
   const Groups gr(p);
+  CenterHint hint;  // the previous unit's statistics center this one's first block
   for (int64_t u = u0; u < u1; ++u) {
     const T* x = t.x + u * gr.length;
-    Prefetcher pf;  // unit u+1, over the 3 passes of unit u
-    pf.pace(3);
+    Prefetcher pf;  // unit u+1, over the passes of unit u (statistics, then y)
+    pf.pace(moment_passes<T>(gr.length, hint.valid) + 1);
     if (prefetch && u + 1 < u1) pf.add(x + gr.length, 1, gr.length * sizeof(T), 0);
-    const GroupStats st =
-        group_stats(p, a, u, strided_moments(x, gr.length, gr.length, 0, gr.length, pf), true);
+    const Moments m = strided_moments(x, gr.length, gr.length, 0, gr.length, pf, hint);
+    hint = CenterHint::of(m);
+    const GroupStats st = group_stats(p, a, u, m, true);
     write_unit(t, a, gr, u, {0, gr.length}, st, stream, pf);
   }
   end_streaming(stream);
@@ -306,12 +308,15 @@ NB_AVX512 void nhwc_forward_samples(const Problem& p, const KernelArgs& a, int64
   WritePatterns w(pat);
   std::vector<float> tmp(gr.c);
   const int64_t block = gr.s * gr.c;
+  ChannelMoments previous(gr.c);  // sample n-1: centers sample n's first block
   for (int64_t n = n0; n < n1; ++n) {
-    Prefetcher pf;  // sample n+1, over the 3 passes of sample n
-    pf.pace(3);
+    Prefetcher pf;  // sample n+1, over the passes of sample n (statistics, then y)
+    pf.pace(channel_moment_passes<T>(pat, gr.s, previous.count > 0) + 1);
     if (prefetch && n + 1 < n1) pf.add(t.x + (n + 1) * block, 1, block * sizeof(T), 0);
     ChannelMoments cm(gr.c);
-    accumulate_channel_moments(t.x + n * block, gr.s, pat, scratch, cm, pf);
+    accumulate_channel_moments(t.x + n * block, gr.s, pat, scratch, cm, pf,
+                               previous.count > 0 ? &previous : nullptr);
+    previous = cm;
     nhwc_sample_stats(p, a, gr, n, cm, pat, w, tmp, true);
     nhwc_write_sample(t.x + n * block, t.y + n * block, block, pat, w, stream, pf);
   }

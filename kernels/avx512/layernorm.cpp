@@ -123,8 +123,9 @@ struct RowBackwardOp {
 /// (zero-mean moments: Chan's merge of them adds the sums of squares, and variance() is then
 /// mean(x^2)).
 template <class T>
-NB_AVX512 Moments row_moments(const T* row, int64_t begin, int64_t end, bool rms, Prefetcher& pf) {
-  if (!rms) return strided_moments(row, end, end, begin, end, pf);
+NB_AVX512 Moments row_moments(const T* row, int64_t begin, int64_t end, bool rms, Prefetcher& pf,
+                              const CenterHint& hint = {}) {
+  if (!rms) return strided_moments(row, end, end, begin, end, pf, hint);
   return {static_cast<double>(end - begin), 0.0, sum_of_squares(row + begin, end - begin, pf)};
 }
 
@@ -153,12 +154,15 @@ NB_AVX512 void forward_rows(const Problem& p, const KernelArgs& a, const RowPara
   const Typed<T> t(a);
   const int64_t D = w.length;
   const bool rms = p.method == Method::rmsnorm;
+  CenterHint hint;  // the previous row's statistics center this row's first block
   for (int64_t r = r0; r < r1; ++r) {
     const T* x = t.x + r * D;
-    Prefetcher pf;  // row r+1, over the passes of row r (statistics: 2, or 1 for RMSNorm)
-    pf.pace(rms ? 2 : 3);
+    Prefetcher pf;  // row r+1, over the passes of row r (statistics, then y)
+    pf.pace((rms ? 1 : moment_passes<T>(D, hint.valid)) + 1);
     if (prefetch && r + 1 < r1) pf.add(x + D, 1, D * sizeof(T), 0);
-    const RowStats st = row_stats(p, a, r, row_moments(x, 0, D, rms, pf), true);
+    const Moments m = row_moments(x, 0, D, rms, pf, hint);
+    if (!rms) hint = CenterHint::of(m);
+    const RowStats st = row_stats(p, a, r, m, true);
     write_row<T, kParams>(x, t.y + r * D, D, w, 0, st, stream, pf);
   }
   end_streaming(stream);
@@ -268,6 +272,8 @@ NB_AVX512 void rows_backward_sums(const T* x, const T* dy, int64_t row_stride, i
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) sg[r] = sgx[r] = _mm512_setzero_ps();
     for (int64_t i = b0; i < b1; i += 16) {
+      if ((i - b0) % kPrefetchChunk<T> == 0)
+        pf.advance(R * std::min(kPrefetchChunk<T>, b1 - i) * sizeof(T));
       const __mmask16 m = first_lanes(b1 - i);
       const __m512 gm = kGamma ? _mm512_maskz_loadu_ps(m, gamma + i) : _mm512_set1_ps(1.0f);
       __m512 dg = kGamma ? _mm512_maskz_loadu_ps(m, dgamma32 + i) : _mm512_setzero_ps();
@@ -285,7 +291,6 @@ NB_AVX512 void rows_backward_sums(const T* x, const T* dy, int64_t row_stride, i
       if constexpr (kGamma) _mm512_mask_storeu_ps(dgamma32 + i, m, dg);
       if constexpr (kBeta) _mm512_mask_storeu_ps(dbeta32 + i, m, db);
     }
-    pf.advance(R * (b1 - b0) * sizeof(T));
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       out[r].dy += reduce_to_double(sg[r]);

@@ -58,6 +58,11 @@ struct Float16 {
 template <class T>
 inline constexpr int64_t kBlock = (16 << 10) / sizeof(T);
 
+/// Reductions advance the prefetcher every this many elements (4 KiB of data), so it issues at
+/// most 64 / passes lines per stream at a time.
+template <class T>
+inline constexpr int64_t kPrefetchChunk = (4 << 10) / sizeof(T);
+
 /// Outputs shorter than this are written with ordinary stores even when streaming is on: the
 /// alignment peel and tail would dominate and the partial lines mix stores of both kinds.
 inline constexpr int64_t kStreamMinBytes = 512;
@@ -86,8 +91,13 @@ struct Io<float> {
   static NB_AVX512_INLINE void stream(float* p, __m512 v) { _mm512_stream_ps(p, v); }
 };
 
+/// bf16 -> fp32: one zero-masked word permute puts bf16 element j into the high half of 32-bit
+/// lane j (low half zero), which is its fp32 bit pattern.
 NB_AVX512_INLINE __m512 widen_bf16(__m256i h) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  const __m512i index = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7, 0,
+                                         6, 0, 5, 0, 4, 0, 3, 0, 2, 0, 1, 0, 0, 0);
+  return _mm512_castsi512_ps(
+      _mm512_maskz_permutexvar_epi16(0xaaaaaaaau, index, _mm512_castsi256_si512(h)));
 }
 
 /// fp32 -> bf16, round to nearest even, NaN -> quiet NaN: the rule of nb::float_to_bf16.
@@ -263,24 +273,32 @@ NB_AVX512_INLINE __m512d widen_pairs(__m512 v) {
 /// s1 += sum(x - center), s2 += sum((x - center)^2): the second pass of two-pass statistics
 /// (s1 is the correction term of the corrected two-pass formula, M2 = s2 - s1^2 / n). s1 decides
 /// the mean's last digits, so its fp32 partial sums are folded into double every 256 elements
-/// (at most 8 terms per lane); s2 has no cancellation and stays fp32 within the block.
+/// (at most 4 terms per lane); s2 has no cancellation and stays fp32 within the block. Four
+/// independent chains of each kind keep the adds and FMAs throughput-bound.
 template <class T>
 NB_AVX512_INLINE void accumulate_deviations(const T* x, int64_t n, __m512 center, __m512d& s1,
                                             __m512& s2) {
-  __m512 q0 = _mm512_setzero_ps(), q1 = q0;
+  __m512 q0 = _mm512_setzero_ps(), q1 = q0, q2 = q0, q3 = q0;
   int64_t i = 0;
-  while (i + 32 <= n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+  while (i + 64 <= n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     const int64_t chunk_end = std::min(n, i + 256);
-    for (; i + 32 <= chunk_end; i += 32) {
+    for (; i + 64 <= chunk_end; i += 64) {
       const __m512 d0 = _mm512_sub_ps(Io<T>::load(x + i), center);
       const __m512 d1 = _mm512_sub_ps(Io<T>::load(x + i + 16), center);
+      const __m512 d2 = _mm512_sub_ps(Io<T>::load(x + i + 32), center);
+      const __m512 d3 = _mm512_sub_ps(Io<T>::load(x + i + 48), center);
       a0 = _mm512_add_ps(a0, d0);
       a1 = _mm512_add_ps(a1, d1);
+      a2 = _mm512_add_ps(a2, d2);
+      a3 = _mm512_add_ps(a3, d3);
       q0 = _mm512_fmadd_ps(d0, d0, q0);
       q1 = _mm512_fmadd_ps(d1, d1, q1);
+      q2 = _mm512_fmadd_ps(d2, d2, q2);
+      q3 = _mm512_fmadd_ps(d3, d3, q3);
     }
-    s1 = _mm512_add_pd(s1, widen_pairs(_mm512_add_ps(a0, a1)));
+    s1 =
+        _mm512_add_pd(s1, widen_pairs(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))));
   }
   __m512 a = _mm512_setzero_ps();
   for (; i + 16 <= n; i += 16) {
@@ -295,7 +313,7 @@ NB_AVX512_INLINE void accumulate_deviations(const T* x, int64_t n, __m512 center
     q1 = _mm512_fmadd_ps(d, d, q1);
   }
   s1 = _mm512_add_pd(s1, widen_pairs(a));
-  s2 = _mm512_add_ps(s2, _mm512_add_ps(q0, q1));
+  s2 = _mm512_add_ps(s2, _mm512_add_ps(_mm512_add_ps(q0, q1), _mm512_add_ps(q2, q3)));
 }
 
 /// s2 += sum(x^2) (RMSNorm: no mean, no cancellation).
@@ -326,14 +344,19 @@ NB_AVX512_INLINE void accumulate_squares(const T* x, int64_t n, __m512& s2) {
 template <class T>
 NB_AVX512_INLINE void accumulate_backward(const T* x, const T* dy, int64_t n, __m512 mean,
                                           __m512& sdy, __m512& sdyx) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
+  for (; i + 64 <= n; i += 64) {
     const __m512 g0 = Io<T>::load(dy + i), g1 = Io<T>::load(dy + i + 16);
+    const __m512 g2 = Io<T>::load(dy + i + 32), g3 = Io<T>::load(dy + i + 48);
     a0 = _mm512_add_ps(a0, g0);
     a1 = _mm512_add_ps(a1, g1);
+    a2 = _mm512_add_ps(a2, g2);
+    a3 = _mm512_add_ps(a3, g3);
     b0 = _mm512_fmadd_ps(g0, _mm512_sub_ps(Io<T>::load(x + i), mean), b0);
     b1 = _mm512_fmadd_ps(g1, _mm512_sub_ps(Io<T>::load(x + i + 16), mean), b1);
+    b2 = _mm512_fmadd_ps(g2, _mm512_sub_ps(Io<T>::load(x + i + 32), mean), b2);
+    b3 = _mm512_fmadd_ps(g3, _mm512_sub_ps(Io<T>::load(x + i + 48), mean), b3);
   }
   for (; i + 16 <= n; i += 16) {
     const __m512 g = Io<T>::load(dy + i);
@@ -346,8 +369,8 @@ NB_AVX512_INLINE void accumulate_backward(const T* x, const T* dy, int64_t n, __
     a1 = _mm512_add_ps(a1, g);
     b1 = _mm512_fmadd_ps(g, _mm512_maskz_sub_ps(m, Io<T>::load(x + i, m), mean), b1);
   }
-  sdy = _mm512_add_ps(sdy, _mm512_add_ps(a0, a1));
-  sdyx = _mm512_add_ps(sdyx, _mm512_add_ps(b0, b1));
+  sdy = _mm512_add_ps(sdy, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  sdyx = _mm512_add_ps(sdyx, _mm512_add_ps(_mm512_add_ps(b0, b1), _mm512_add_ps(b2, b3)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -429,41 +452,90 @@ NB_AVX512_INLINE void widen(const T* x, int64_t n, float* out) {
   }
 }
 
+/// An estimate of a unit's mean and standard deviation known before its data is read (the
+/// previous unit's statistics), used to center the second pass of its first block.
+struct CenterHint {
+  bool valid = false;
+  double mean = 0, stddev = 0;
+  static CenterHint of(const Moments& m) { return {m.count > 0, m.mean, std::sqrt(m.variance())}; }
+};
+
+/// A second pass is accepted around a center c only if the block's mean is within
+/// kMaxCenterOffset standard deviations of c: M2 = s2 - s1^2/n then cancels at most a factor
+/// 1 + kMaxCenterOffset^2 = 5 of its digits (a few units in the last place of fp32).
+inline constexpr double kMaxCenterOffset = 2.0;
+
+/// sum(x - center) and sum((x - center)^2) over [b0, b1) of a strided unit (the second pass).
+template <class T>
+NB_AVX512_INLINE void deviation_pass(const T* base, int64_t seglen, int64_t stride, int64_t b0,
+                                     int64_t b1, float center, Prefetcher& pf, double& d1,
+                                     double& d2) {
+  __m512d s1 = _mm512_setzero_pd();
+  __m512 s2 = _mm512_setzero_ps();
+  for (Pieces pc(seglen, stride, b0, b1); pc.next();)
+    for (int64_t o = 0; o < pc.length; o += kPrefetchChunk<T>) {
+      const int64_t len = std::min(kPrefetchChunk<T>, pc.length - o);
+      accumulate_deviations(base + pc.offset + o, len, _mm512_set1_ps(center), s1, s2);
+      pf.advance(len * sizeof(T));
+    }
+  d1 = _mm512_reduce_add_pd(s1);
+  d2 = reduce_to_double(s2);
+}
+
 /// Moments of the elements [begin, end) of a strided unit (see Pieces). Exact statistics: blocks
-/// of kBlock elements, each with two passes (a shifted sum for the block mean, then the corrected
-/// sum of squared deviations from a nearby exact center over the now L1-resident block), merged
-/// with Chan's update. The shift of pass 1 is the running mean (the first element for the first
-/// block), so fp32 partial sums stay of the size of the spread, not of the mean. Counts as two
-/// passes for pf.
+/// of kBlock elements, each reduced with the corrected two-pass formula (Chan, Golub & LeVeque
+/// 1983): M2 = sum((x - c)^2) - sum(x - c)^2 / n around a center c near the block mean, on an
+/// exact grid (exact_centers), merged across blocks with Chan's update. The center comes from a
+/// first pass (a sum shifted by the first element) when nothing is known yet; for later blocks
+/// (the running mean) and for the first block of a unit with a hint (the previous unit's
+/// statistics) that pass is skipped, and the second pass is verified: if the block mean is more
+/// than kMaxCenterOffset standard deviations from c, the second pass is redone around the block
+/// mean over the now L1-resident block. Typical data thus cost one pass, any data stays exact.
 template <class T>
 NB_AVX512 Moments strided_moments(const T* base, int64_t seglen, int64_t stride, int64_t begin,
-                                  int64_t end, Prefetcher& pf) {
+                                  int64_t end, Prefetcher& pf, const CenterHint& hint = {}) {
   Moments total;
   for (int64_t b0 = begin; b0 < end; b0 += kBlock<T>) {
     const int64_t b1 = std::min(end, b0 + kBlock<T>);
     const double n = static_cast<double>(b1 - b0);
     Pieces first(seglen, stride, b0, b1);
     first.next();
-    const float shift =
-        total.count > 0 ? static_cast<float>(total.mean) : load_one(base + first.offset);
-    __m512 s = _mm512_setzero_ps();
-    for (Pieces pc(seglen, stride, b0, b1); pc.next();) {
-      accumulate_sum(base + pc.offset, pc.length, _mm512_set1_ps(shift), s);
-      pf.advance(pc.length * sizeof(T));
+    const CenterHint estimate = total.count > 0 ? CenterHint::of(total) : hint;
+    float center;
+    if (estimate.valid) {
+      center = exact_center(estimate.mean, 8 * estimate.stddev, static_cast<float>(estimate.mean));
+    } else {
+      const float shift = load_one(base + first.offset);
+      __m512 s = _mm512_setzero_ps();
+      for (Pieces pc(seglen, stride, b0, b1); pc.next();)
+        for (int64_t o = 0; o < pc.length; o += kPrefetchChunk<T>) {
+          const int64_t len = std::min(kPrefetchChunk<T>, pc.length - o);
+          accumulate_sum(base + pc.offset + o, len, _mm512_set1_ps(shift), s);
+          pf.advance(len * sizeof(T));
+        }
+      center = exact_center(shift + reduce_to_double(s) / n,
+                            sample_spread(base + first.offset, first.length, shift), shift);
     }
-    const float center =
-        exact_center(shift + reduce_to_double(s) / n,
-                     sample_spread(base + first.offset, first.length, shift), shift);
-    __m512d s1 = _mm512_setzero_pd();
-    __m512 s2 = _mm512_setzero_ps();
-    for (Pieces pc(seglen, stride, b0, b1); pc.next();) {
-      accumulate_deviations(base + pc.offset, pc.length, _mm512_set1_ps(center), s1, s2);
-      pf.advance(pc.length * sizeof(T));
+    double d1, d2;
+    deviation_pass(base, seglen, stride, b0, b1, center, pf, d1, d2);
+    if (estimate.valid) {
+      const double offset = d1 / n, var = std::max(0.0, d2 / n - offset * offset);
+      if (offset * offset > kMaxCenterOffset * kMaxCenterOffset * var) {
+        const float mean = static_cast<float>(center + offset);
+        center = exact_center(mean, sample_spread(base + first.offset, first.length, mean), mean);
+        deviation_pass(base, seglen, stride, b0, b1, center, pf, d1, d2);
+      }
     }
-    const double d1 = _mm512_reduce_add_pd(s1), d2 = reduce_to_double(s2);
     total.merge(n, center + d1 / n, std::max(0.0, d2 - d1 * d1 / n));
   }
   return total;
+}
+
+/// Passes strided_moments makes over a unit of `length` elements (for Prefetcher::pace): one
+/// when a center is known for its first block, else two for the first block only.
+template <class T>
+int moment_passes(int64_t length, bool hinted) {
+  return hinted || length > 2 * kBlock<T> ? 1 : 2;
 }
 
 /// sum(x^2) over a contiguous span, blocked (RMSNorm). One pass for pf.
@@ -472,8 +544,11 @@ NB_AVX512 double sum_of_squares(const T* x, int64_t n, Prefetcher& pf) {
   double total = 0;
   for (int64_t b0 = 0; b0 < n; b0 += kBlock<T>) {
     __m512 s = _mm512_setzero_ps();
-    accumulate_squares(x + b0, std::min(kBlock<T>, n - b0), s);
-    pf.advance(std::min(kBlock<T>, n - b0) * sizeof(T));
+    for (int64_t o = b0; o < std::min(n, b0 + kBlock<T>); o += kPrefetchChunk<T>) {
+      const int64_t len = std::min(kPrefetchChunk<T>, n - o);
+      accumulate_squares(x + o, len, s);
+      pf.advance(len * sizeof(T));
+    }
     total += reduce_to_double(s);
   }
   return total;
@@ -495,11 +570,13 @@ NB_AVX512 BackwardSums strided_backward_sums(const T* x, const T* dy, int64_t se
   for (int64_t b0 = begin; b0 < end; b0 += kBlock<T>) {
     const int64_t b1 = std::min(end, b0 + kBlock<T>);
     __m512 sdy = _mm512_setzero_ps(), sdyx = _mm512_setzero_ps();
-    for (Pieces pc(seglen, stride, b0, b1); pc.next();) {
-      accumulate_backward(x + pc.offset, dy + pc.offset, pc.length, _mm512_set1_ps(mean), sdy,
-                          sdyx);
-      pf.advance(pc.length * sizeof(T));
-    }
+    for (Pieces pc(seglen, stride, b0, b1); pc.next();)
+      for (int64_t o = 0; o < pc.length; o += kPrefetchChunk<T>) {
+        const int64_t len = std::min(kPrefetchChunk<T>, pc.length - o);
+        accumulate_backward(x + pc.offset + o, dy + pc.offset + o, len, _mm512_set1_ps(mean), sdy,
+                            sdyx);
+        pf.advance(len * sizeof(T));
+      }
     total.dy += reduce_to_double(sdy);
     total.dy_x += reduce_to_double(sdyx);
   }
