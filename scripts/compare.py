@@ -4,14 +4,28 @@
 Usage:
   compare.py BASELINE.csv NEW.csv
   compare.py --base a.csv b.csv --new c.csv d.csv     (sharded runs are merged)
-  options: --threshold 0.15 (relative slowdown that counts), --out report.csv
+  options: --threshold 0.15     relative slowdown that counts
+           --recheck NORMBENCH  re-measure every `slower` case with this binary (`normbench run`)
+                                and keep the verdict only if every re-run is slower too
+                                (--recheck-runs 2, --recheck-min-time: the sweep's min_time)
+           --out report.csv     the per-case verdicts
 
-Rows are paired by (repro, backend, mode) over the timed rows (mode hot/cold). Times are
-normalised by the non-temporal copy bandwidth measured paired with the same row
-(time_us * copy_nt_gbps), so a machine whose memory bandwidth is lower today does not read as a
-regression. A case is `slower` only when its normalised median grew by more than the threshold
-AND the normalised [min, max] intervals of the repetitions do not overlap (the change is beyond
-the run-to-run noise); `faster` symmetrically; otherwise `same`.
+Rows are paired by (repro, backend, mode) over the timed rows (mode hot/cold).
+
+Normalisation, so that a slower machine does not read as a regression:
+  1. A case whose traffic reaches DRAM (bytes >= --dram-bytes, default 64 MiB) is timed against
+     the non-temporal copy bandwidth measured paired with the same row: time_us x copy_nt_gbps.
+     A case that lives in the caches keeps its raw time: the DRAM copy says nothing about it (on
+     these hosts DRAM bandwidth swings 2x while cache-resident kernels do not move).
+  2. The median over all paired cases of new/base is the run's drift (clock, cache sizes, a
+     different CPU model); each case is judged on (new/base)/drift. A uniform change of every case
+     is reported as drift, with a warning when it exceeds the threshold, but is not attributed to
+     any case: from timings alone it cannot be told apart from a slower machine.
+A case is `slower` only when its drift-corrected median grew by more than the threshold AND its
+interquartile ranges do not overlap (new p25 > base p75, both drift-corrected), so the change is
+beyond the run-to-run noise; `faster` symmetrically; otherwise `same`. With --recheck, a `slower`
+case is re-measured --recheck-runs times (same repetitions and threads as the new row) and stays
+`slower` only if every re-run passes the same test; otherwise it is reported as `noise`.
 
 Exit status: 1 if the new results contain any agreement FAIL or any `slower` case, else 0;
 2 on a usage error (missing file, missing columns).
@@ -19,61 +33,97 @@ Exit status: 1 if the new results contain any agreement FAIL or any `slower` cas
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 KEY = ["repro", "backend", "mode"]
-NEEDED = KEY + ["status", "time_median_us", "time_min_us", "time_max_us", "copy_nt_gbps",
-                "reason", "dist"]
+TIMES = ["time_median_us", "time_p25_us", "time_p75_us", "time_min_us", "time_max_us"]
+NEEDED = KEY + TIMES + ["status", "copy_nt_gbps", "bytes", "reason", "dist", "repetitions",
+                        "threads"]
+
+
+def usage_error(message: str) -> None:
+    print(f"compare.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def load(paths: list[str]) -> pd.DataFrame:
     frames = []
     for p in paths:
         if not Path(p).is_file():
-            raise SystemExit(f"compare.py: error: {p}: no such file")
+            usage_error(f"{p}: no such file")
         df = pd.read_csv(p, keep_default_na=False, dtype=str)
         missing = [c for c in NEEDED if c not in df.columns]
         if missing:
-            raise SystemExit(f"compare.py: error: {p}: missing columns {', '.join(missing)}")
+            usage_error(f"{p}: missing columns {', '.join(missing)}")
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     return df.drop_duplicates(subset=KEY + ["dist"], keep="last")
 
 
-def timed(df: pd.DataFrame) -> pd.DataFrame:
+def timed(df: pd.DataFrame, dram_bytes: float) -> pd.DataFrame:
+    """Timed rows indexed by KEY, with norm_{median,p25,p75} (see the module docstring)."""
     t = df[(df["mode"] != "-") & (df["time_median_us"] != "")].copy()
-    for c in ["time_median_us", "time_min_us", "time_max_us", "copy_nt_gbps"]:
+    for c in TIMES + ["copy_nt_gbps", "bytes"]:
         t[c] = t[c].astype(float)
-    bw = t["copy_nt_gbps"]
-    t["norm_median"] = t["time_median_us"] * bw
-    t["norm_min"] = t["time_min_us"] * bw
-    t["norm_max"] = t["time_max_us"] * bw
+    scale = t["copy_nt_gbps"].where(t["bytes"] >= dram_bytes, 1.0)
+    for q in ["median", "p25", "p75"]:
+        t[f"norm_{q}"] = t[f"time_{q}_us"] * scale
     return t.set_index(KEY)
 
 
-def verdicts(base: pd.DataFrame, new: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    b, n = timed(base), timed(new)
+def judge(rb: pd.Series, rn: pd.Series, drift: float, threshold: float) -> tuple[str, float]:
+    ratio = rn["norm_median"] / rb["norm_median"] / drift
+    if ratio > 1 + threshold and rn["norm_p25"] / drift > rb["norm_p75"]:
+        return "slower", ratio
+    if ratio < 1 / (1 + threshold) and rn["norm_p75"] / drift < rb["norm_p25"]:
+        return "faster", ratio
+    return "same", ratio
+
+
+def verdicts(b: pd.DataFrame, n: pd.DataFrame, threshold: float) -> tuple[pd.DataFrame, float]:
+    common = b.index.intersection(n.index)
+    ratios = n.loc[common, "norm_median"] / b.loc[common, "norm_median"]
+    drift = float(ratios.median()) if len(ratios) else 1.0
     rows = []
     for key in b.index.union(n.index):
         if key not in n.index:
             rows.append((*key, "gone", float("nan")))
-            continue
-        if key not in b.index:
+        elif key not in b.index:
             rows.append((*key, "new", float("nan")))
-            continue
-        rb, rn = b.loc[key], n.loc[key]
-        ratio = rn["norm_median"] / rb["norm_median"]
-        if ratio > 1 + threshold and rn["norm_min"] > rb["norm_max"]:
-            v = "slower"
-        elif ratio < 1 / (1 + threshold) and rn["norm_max"] < rb["norm_min"]:
-            v = "faster"
         else:
-            v = "same"
-        rows.append((*key, v, ratio))
-    return pd.DataFrame(rows, columns=KEY + ["verdict", "normalised_time_ratio"])
+            rows.append((*key, *judge(b.loc[key], n.loc[key], drift, threshold)))
+    return pd.DataFrame(rows, columns=KEY + ["verdict", "normalised_time_ratio"]), drift
+
+
+def recheck(binary: str, runs: int, min_time: float | None, b: pd.DataFrame, n: pd.DataFrame, v: pd.DataFrame,
+            drift: float, threshold: float, dram_bytes: float) -> None:
+    """Re-measures each `slower` case; keeps `slower` only if every re-run is slower too."""
+    for i in v.index[v["verdict"] == "slower"]:
+        key = tuple(v.loc[i, KEY])
+        row = n.loc[key]
+        confirmed = True
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = os.path.join(tmp, "recheck.csv")
+                cmd = [binary, "run", key[0], "--backends", key[1], "--modes", key[2],
+                       "--dists", "normal", "--repetitions", str(row["repetitions"]),
+                       "--threads", str(row["threads"]), "--quiet", "--out", out]
+                if min_time:
+                    cmd += ["--min-time", str(min_time)]
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                again = timed(load([out]), dram_bytes)
+            verdict, _ = judge(b.loc[key], again.loc[key], drift, threshold)
+            if verdict != "slower":
+                confirmed = False
+                break
+        if not confirmed:
+            v.loc[i, "verdict"] = "noise"
 
 
 def main(argv: list[str]) -> int:
@@ -82,6 +132,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--base", nargs="+", default=[], help="baseline CSVs (merged)")
     ap.add_argument("--new", nargs="+", default=[], help="new CSVs (merged)")
     ap.add_argument("--threshold", type=float, default=0.15)
+    ap.add_argument("--dram-bytes", type=float, default=64 * 2**20,
+                    help="cases moving at least this many bytes are normalised by the copy bandwidth")
+    ap.add_argument("--recheck", metavar="NORMBENCH", help="re-measure slower cases with this binary")
+    ap.add_argument("--recheck-runs", type=int, default=2)
+    ap.add_argument("--recheck-min-time", type=float,
+                    help="seconds per repetition of a re-run (the sweep's min_time)")
     ap.add_argument("--out", help="write the per-case verdicts here as CSV")
     a = ap.parse_args(argv)
     base, new = list(a.base), list(a.new)
@@ -91,19 +147,30 @@ def main(argv: list[str]) -> int:
         base, new = [a.files[0]], [a.files[1]]
     if not base or not new:
         ap.error("need a baseline and a new result set")
-    b, n = load(base), load(new)
-    v = verdicts(b, n, a.threshold)
+    if a.recheck and not os.access(a.recheck, os.X_OK):
+        ap.error(f"--recheck {a.recheck}: not an executable")
+    bdf, ndf = load(base), load(new)
+    b, n = timed(bdf, a.dram_bytes), timed(ndf, a.dram_bytes)
+    v, drift = verdicts(b, n, a.threshold)
+    if a.recheck:
+        recheck(a.recheck, a.recheck_runs, a.recheck_min_time, b, n, v, drift, a.threshold, a.dram_bytes)
     if a.out:
         v.to_csv(a.out, index=False)
-    fails = n[n["status"] == "FAIL"]
+    fails = ndf[ndf["status"] == "FAIL"]
     for _, r in fails.iterrows():
         print(f"FAIL     {r['backend']:<14} {r['repro']} [{r['dist']}]: {r['reason']}")
-    for _, r in v[v["verdict"].isin(["slower", "faster"])].iterrows():
+    for _, r in v[v["verdict"].isin(["slower", "faster", "noise"])].iterrows():
+        what = {"noise": "slower, not confirmed by re-runs"}.get(r["verdict"], r["verdict"])
         print(f"{r['verdict']:<8} {r['backend']:<14} {r['repro']} [{r['mode']}]: "
-              f"normalised time x{r['normalised_time_ratio']:.3f}")
+              f"x{r['normalised_time_ratio']:.3f} after drift ({what})")
     counts = v["verdict"].value_counts().to_dict()
-    summary = ", ".join(f"{counts.get(k, 0)} {k}" for k in ["faster", "same", "slower", "new", "gone"])
-    print(f"compare: {len(v)} timed cases: {summary}; {len(fails)} agreement FAIL")
+    summary = ", ".join(f"{counts.get(k, 0)} {k}"
+                        for k in ["faster", "same", "slower", "noise", "new", "gone"])
+    print(f"compare: {len(v)} timed cases: {summary}; {len(fails)} agreement FAIL; "
+          f"run drift x{drift:.3f} (median new/base)")
+    if abs(drift - 1) > a.threshold:
+        print(f"compare: warning: every case moved by x{drift:.3f} together: a different or busier "
+              "machine, or a change common to all cases; not judged per case")
     return 1 if len(fails) or counts.get("slower", 0) else 0
 
 
