@@ -27,8 +27,16 @@ beyond the run-to-run noise; `faster` symmetrically; otherwise `same`. With --re
 case is re-measured --recheck-runs times (same repetitions and threads as the new row) and stays
 `slower` only if every re-run passes the same test; otherwise it is reported as `noise`.
 
-Exit status: 1 if the new results contain any agreement FAIL or any `slower` case, else 0;
-2 on a usage error (missing file, missing columns).
+Per-kernel speed is not comparable across CPU models (one kernel gains more from a wider core or
+a larger cache than another, which the drift does not correct). So when the rows carry a
+`cpu_model`, the baseline may hold runs of several models (scripts/regression.sh --refresh
+replaces only this machine's), and only the baseline rows of the new run's model are used. When
+the baseline has none of that model, every verdict is still printed, but slowdowns are
+informational (a warning says so) and only agreement FAILs fail.
+
+Exit status: 1 if the new results contain any agreement FAIL or any `slower` case (when the
+baseline was measured on the same CPU model), else 0; 2 on a usage error (missing file, missing
+columns).
 """
 from __future__ import annotations
 
@@ -63,7 +71,21 @@ def load(paths: list[str]) -> pd.DataFrame:
             usage_error(f"{p}: missing columns {', '.join(missing)}")
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
-    return df.drop_duplicates(subset=KEY + ["dist"], keep="last")
+    model = ["cpu_model"] if "cpu_model" in df.columns else []
+    return df.drop_duplicates(subset=KEY + ["dist"] + model, keep="last")
+
+
+def same_cpu(bdf: pd.DataFrame, ndf: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The baseline rows measured on the new run's CPU model(s), and "" ; or, when the baseline
+    has none of them, all its rows and the new model's name (the comparison is then
+    informational). Rows without a cpu_model column count as one unknown model."""
+    if "cpu_model" not in bdf.columns or "cpu_model" not in ndf.columns:
+        return bdf, ""
+    models = set(ndf["cpu_model"])
+    same = bdf[bdf["cpu_model"].isin(models)]
+    if len(same):
+        return same, ""
+    return bdf, ", ".join(sorted(models))
 
 
 def timed(df: pd.DataFrame, dram_bytes: float) -> pd.DataFrame:
@@ -150,6 +172,7 @@ def main(argv: list[str]) -> int:
     if a.recheck and not os.access(a.recheck, os.X_OK):
         ap.error(f"--recheck {a.recheck}: not an executable")
     bdf, ndf = load(base), load(new)
+    bdf, foreign = same_cpu(bdf, ndf)
     b, n = timed(bdf, a.dram_bytes), timed(ndf, a.dram_bytes)
     v, drift = verdicts(b, n, a.threshold)
     if a.recheck:
@@ -171,6 +194,11 @@ def main(argv: list[str]) -> int:
     if abs(drift - 1) > a.threshold:
         print(f"compare: warning: every case moved by x{drift:.3f} together: a different or busier "
               "machine, or a change common to all cases; not judged per case")
+    if foreign:
+        print(f"compare: warning: the baseline has no row measured on this CPU model ({foreign}): "
+              "timing verdicts are informational, only agreement FAILs fail; record one on this "
+              "kind of machine with scripts/regression.sh --refresh")
+        return 1 if len(fails) else 0
     return 1 if len(fails) or counts.get("slower", 0) else 0
 
 

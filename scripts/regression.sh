@@ -2,8 +2,9 @@
 # Performance and correctness regression check against the committed baseline, run by
 # scripts/test.sh (and so by CI):
 #   scripts/regression.sh [BUILD_DIR]             quick sweep now, compared with the baseline
-#   scripts/regression.sh --refresh [BUILD_DIR]   rewrite results/baseline/quick.csv (run on a
-#                                                 quiet machine of the kind CI runs on)
+#   scripts/regression.sh --refresh [BUILD_DIR]   replace this CPU model's rows of
+#                                                 results/baseline/quick.csv (run on a quiet
+#                                                 machine of the kind CI runs on)
 # The sweep is configs/quick.toml (every method, pass, dtype and layout on small shapes, 5
 # repetitions) with every available CPU backend but the reference, 2 OpenMP threads. The
 # comparison is scripts/compare.py: any agreement FAIL fails; a case fails only when it is more
@@ -29,8 +30,19 @@ rc=0
 mv "$out/quick.csv.part" "$out/quick.csv"
 if [ "$refresh" = 1 ]; then
   if [ "$rc" = 1 ]; then echo "regression: not refreshing: the sweep has FAIL rows" >&2; exit 1; fi
-  cp "$out/quick.csv" "$baseline"
-  echo "regression: baseline refreshed: $baseline" >&2
+  # The baseline keeps one run per CPU model (compare.py uses the rows of the model it runs on):
+  # this machine's rows are replaced, other models' kept.
+  .venv/bin/python - "$baseline" "$out/quick.csv" <<'PY'
+import sys
+from pathlib import Path
+import pandas as pd
+base, new = Path(sys.argv[1]), pd.read_csv(sys.argv[2], keep_default_na=False, dtype=str)
+old = pd.read_csv(base, keep_default_na=False, dtype=str) if base.exists() else new.iloc[0:0]
+keep = old[~old["cpu_model"].isin(set(new["cpu_model"]))]
+pd.concat([keep, new], ignore_index=True).to_csv(base, index=False)
+print(f"regression: baseline {base}: {len(new)} rows of {', '.join(sorted(set(new['cpu_model'])))}"
+      f", {len(keep)} rows of other CPU models kept", file=sys.stderr)
+PY
   exit 0
 fi
 .venv/bin/python scripts/compare.py "$baseline" "$out/quick.csv" --out "$out/verdicts.csv" \

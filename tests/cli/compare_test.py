@@ -18,12 +18,13 @@ MIB = 2**20
 
 
 def rows(times: dict[str, float], spread: float = 0.02, copy_nt: float = 60.0,
-         big: set[str] = frozenset(), status: dict[str, str] | None = None) -> pd.DataFrame:
+         big: set[str] = frozenset(), status: dict[str, str] | None = None,
+         cpu: str = "cpu A") -> pd.DataFrame:
     """One hot row per repro (backend b), median t, quartiles t(1 -+ spread), plus an
     agreement-only large_offset row per repro."""
     out = []
     for repro, t in times.items():
-        base = dict(repro=repro, backend="b", threads="2", repetitions="5", reason="",
+        base = dict(repro=repro, backend="b", threads="2", repetitions="5", reason="", cpu_model=cpu,
                     bytes=str(256 * MIB if repro in big else MIB), copy_nt_gbps=str(copy_nt),
                     status=(status or {}).get(repro, "PASS"))
         out.append(base | dict(dist="normal", mode="hot", time_median_us=t,
@@ -103,6 +104,22 @@ def main() -> int:
 
     rc, v, log = run(tmp, "new_gone", rows({"a": 1.0, "b": 1.0}), rows({"b": 1.0, "c": 1.0}))
     expect("new and gone cases", rc == 0 and v == {"a": "gone", "b": "same", "c": "new"}, log)
+
+    rc, v, log = run(tmp, "other_cpu", rows(cases, cpu="cpu B"), rows(slow))
+    expect("baseline of another CPU model, one case slower: reported, informational, exit 0",
+           rc == 0 and v["case3"] == "slower" and "cpu A" in log and "informational" in log, log)
+
+    rc, v, log = run(tmp, "other_cpu_fail", rows(cases, cpu="cpu B"),
+                     rows(cases, status={"case7": "FAIL"}))
+    expect("baseline of another CPU model: an agreement FAIL still fails", rc == 1, log)
+
+    two = pd.concat([rows(cases), rows(slow, cpu="cpu B")], ignore_index=True)
+    rc, v, log = run(tmp, "two_cpus_a", two, rows(slow))
+    expect("baseline of two CPU models: this model's rows are used (case3 slower on cpu A)",
+           rc == 1 and v["case3"] == "slower" and "informational" not in log, log)
+    rc, v, log = run(tmp, "two_cpus_b", two, rows(slow, cpu="cpu B"))
+    expect("baseline of two CPU models: this model's rows are used (same on cpu B)",
+           rc == 0 and set(v.values()) == {"same"}, log)
 
     # --recheck: a stand-in for `normbench run` that writes a prepared CSV to --out.
     for name, rerun, want_rc, want in [("recheck_noise", cases, 0, "noise"),
