@@ -164,33 +164,93 @@ NB_HOST_DEVICE Welford welford_merge(const Welford& a, const Welford& b) {
   return r;
 }
 
-NB_DEVICE Welford warp_welford(Welford w) {
-  for (int o = 16; o > 0; o /= 2) {
+/// Chan merge of w with lane (lane ^ o) for o = first, first/2, ..., 1: a butterfly over aligned
+/// groups of 2*first lanes. Partners merge in lane order, so both compute the same bits and every
+/// lane of the group ends with the same result (fixed order: deterministic).
+NB_DEVICE Welford butterfly_welford(Welford w, int first) {
+  for (int o = first; o > 0; o /= 2) {
     Welford other;
     other.count = __shfl_xor_sync(kFullMask, w.count, o);
     other.mean = __shfl_xor_sync(kFullMask, w.mean, o);
     other.m2 = __shfl_xor_sync(kFullMask, w.m2, o);
-    // Merge in lane order so that both partners compute the same bits.
     w = (threadIdx.x & static_cast<unsigned>(o)) ? welford_merge(other, w)
                                                  : welford_merge(w, other);
   }
   return w;
 }
 
-/// Welford merge over the block (same contract as block_sum); scratch: 32 Welford in shared.
-NB_DEVICE Welford block_welford(Welford w, Welford* scratch) {
+NB_DEVICE Welford warp_welford(Welford w) { return butterfly_welford(w, 16); }
+
+/// Welford merge over the block (same contract as block_sum); scratch: 96 floats of shared
+/// memory (count, mean, m2 of each warp; plain floats, as __shared__ arrays cannot have
+/// initialisers), free again when it returns.
+NB_DEVICE Welford block_welford(Welford w, float* scratch) {
   w = warp_welford(w);
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  if (lane == 0) scratch[warp] = w;
+  if (lane == 0) {
+    scratch[warp] = w.count;
+    scratch[32 + warp] = w.mean;
+    scratch[64 + warp] = w.m2;
+  }
   __syncthreads();
   Welford total;
   const int warps = static_cast<int>(blockDim.x) / 32;
-  for (int i = 0; i < warps; ++i) total = welford_merge(total, scratch[i]);
+  for (int i = 0; i < warps; ++i) {
+    Welford part;
+    part.count = scratch[i];
+    part.mean = scratch[32 + i];
+    part.m2 = scratch[64 + i];
+    total = welford_merge(total, part);
+  }
   __syncthreads();
   return total;
 }
 
+/// Teams: `team` consecutive threads that cooperate on one reduction, either a power of two
+/// <= 32 (aligned within a warp; every thread of the warp calls, as the shuffles use the full
+/// mask) or the whole block (team == blockDim.x, every thread of the block calls). Every member
+/// gets the same result, merged in a fixed order. scratch: 96 floats of shared memory.
+NB_DEVICE Welford team_welford(Welford w, int team, float* scratch) {
+  if (team == static_cast<int>(blockDim.x) && team > 32) return block_welford(w, scratch);
+  return butterfly_welford(w, team / 2);
+}
+
+/// Sums of a and b over a team (contract of team_welford).
+NB_DEVICE void team_sum2(float& a, float& b, int team, float* scratch) {
+  if (team == static_cast<int>(blockDim.x) && team > 32) {
+    a = block_sum(a, scratch);
+    b = block_sum(b, scratch);
+    return;
+  }
+  for (int o = team / 2; o > 0; o /= 2) {
+    a += __shfl_xor_sync(kFullMask, a, o);
+    b += __shfl_xor_sync(kFullMask, b, o);
+  }
+}
+
+/// Statistics of n values (n <= 8, e.g. one 128-bit pack) by a local two pass: exact mean of the
+/// few values, then sum (v - mean)^2; merged into a running Welford with one division per pack.
+NB_DEVICE Welford welford_of(const float* v, int n) {
+  float s = 0.f;
+  for (int k = 0; k < n; ++k) s += v[k];
+  Welford w;
+  w.count = static_cast<float>(n);
+  w.mean = s / w.count;
+  for (int k = 0; k < n; ++k) {
+    const float d = v[k] - w.mean;
+    w.m2 += d * d;
+  }
+  return w;
+}
+
 NB_HOST_DEVICE std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+/// Smallest power of two >= v, at most 32 (team sizes).
+NB_HOST_DEVICE int pow2_at_least(std::int64_t v) {
+  int t = 1;
+  while (t < v && t < 32) t *= 2;
+  return t;
+}
 
 /// What a launcher needs to know about the device (the emulator fakes one).
 struct DeviceLimits {

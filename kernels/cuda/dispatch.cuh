@@ -6,31 +6,36 @@
 #include <optional>
 #include <string>
 
+#include "channel_norms.cuh"
 #include "rows.cuh"
 
 namespace NB_CUDA_NAMESPACE {
 
-/// The methods implemented (registered) by this backend, all passes, dtypes and layouts.
+/// The methods implemented (registered) by this backend, all passes, dtypes and layouts:
+/// LayerNorm/RMSNorm (rows.cuh), BatchNorm/GroupNorm/InstanceNorm (channel_norms.cuh).
 inline bool implements(nb::Method m) {
-  return m == nb::Method::layernorm || m == nb::Method::rmsnorm;
+  return m == nb::Method::layernorm || m == nb::Method::rmsnorm || is_channel_method(m);
 }
 
 /// nullopt when p is handled on a device with these limits, else the reason.
 inline std::optional<std::string> unsupported_reason(const nb::Problem& p,
                                                      const DeviceLimits& lim) {
   if (!implements(p.method)) return std::string("method not implemented by the cuda backend");
-  return rows_unsupported(p, lim);
+  return p.is_rows() ? rows_unsupported(p, lim) : channel_unsupported(p, lim);
 }
 
 /// Bytes of device scratch memory run_pass needs for p (partial sums).
 inline std::size_t workspace_bytes(const nb::Problem& p, const DeviceLimits& lim) {
-  return rows_workspace_bytes(p, lim);
+  return p.is_rows() ? rows_workspace_bytes(p, lim) : channel_workspace_bytes(p, lim);
 }
 
 template <class T>
 void run_typed(const nb::Problem& p, const nb::KernelArgs& a, void* workspace,
                const DeviceLimits& lim, Stream stream) {
-  rows_run<T>(p, a, workspace, lim, stream);
+  if (p.is_rows())
+    rows_run<T>(p, a, workspace, lim, stream);
+  else
+    channel_run<T>(p, a, workspace, lim, stream);
 }
 
 /// Enqueues the kernels of p's pass on `stream`. `a` holds device pointers (host pointers in

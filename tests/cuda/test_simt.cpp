@@ -106,7 +106,7 @@ __global__ void misaligned_pack(const float* in, float* out) {
 
 __global__ void block_reductions(const float* in, float* sums, nb_cuda_emu::Welford* stats) {
   NB_SHARED(float, scratch, 32);
-  NB_SHARED(nb_cuda_emu::Welford, wscratch, 32);
+  NB_SHARED(float, wscratch, 96);
   const float v = in[blockIdx.x * blockDim.x + threadIdx.x];
   const float s = nb_cuda_emu::block_sum(v, scratch);
   nb_cuda_emu::Welford w;

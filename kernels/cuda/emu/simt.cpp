@@ -15,17 +15,16 @@
 #include <random>
 #include <vector>
 
-#if defined(BOOST_USE_UCONTEXT)
-// Debian's libboost_context is built for fcontext and lacks the one out-of-line function of the
-// ucontext variant (used under AddressSanitizer): the per-OS-thread record of the running fiber.
-// Same definition as Boost 1.74 libs/context/src/fiber.cpp.
-namespace boost::context::detail {
-fiber_activation_record*& fiber_activation_record::current() noexcept {
-  thread_local fiber_activation_record main_record;
-  thread_local fiber_activation_record* current_record = &main_record;
-  return current_record;
-}
-}  // namespace boost::context::detail
+#if defined(__SANITIZE_ADDRESS__)
+#define NB_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define NB_EMU_ASAN 1
+#endif
+#endif
+#if defined(NB_EMU_ASAN)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
 #endif
 
 namespace nbemu {
@@ -34,7 +33,7 @@ namespace {
 
 namespace ctx = boost::context;
 
-#if defined(__SANITIZE_ADDRESS__) || defined(BOOST_USE_ASAN)
+#if defined(NB_EMU_ASAN)
 constexpr std::size_t kStackBytes = std::size_t{512} << 10;  // ASan frames are several times larger
 #else
 constexpr std::size_t kStackBytes = std::size_t{128} << 10;
@@ -43,6 +42,8 @@ constexpr std::size_t kSharedCapacity = std::size_t{227} << 10;  // sm_90 opt-in
 constexpr unsigned kMaxThreads = 1024;
 
 /// Fiber stacks, mapped once with a guard page below each and reused by every block and launch.
+/// Under AddressSanitizer a stack on which a fiber ended by an exception is unpoisoned before it
+/// is reused: frames left by unwinding keep their redzones in the shadow memory otherwise.
 class StackPool {
  public:
   ~StackPool() {
@@ -55,14 +56,44 @@ class StackPool {
       if (p == MAP_FAILED) throw Error("SIMT emulator: cannot map a fiber stack");
       mprotect(p, page(), PROT_NONE);  // overflow faults instead of corrupting a neighbour
       maps_.push_back(p);
+      dirty_.push_back(false);
     }
-    return static_cast<char*>(maps_[i]) + page();
+    void* base = static_cast<char*>(maps_[i]) + page();
+#if defined(NB_EMU_ASAN)
+    if (dirty_[i]) ASAN_UNPOISON_MEMORY_REGION(base, kStackBytes);
+#endif
+    dirty_[i] = false;
+    return base;
   }
+  void mark_dirty(std::size_t i) { dirty_[i] = true; }
 
  private:
   static std::size_t page() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
   std::vector<void*> maps_;
+  std::vector<bool> dirty_;
 };
+
+// AddressSanitizer must know which stack is running, or an exception thrown on a fiber stack
+// (__asan_handle_no_return) cannot clean up the frames it unwinds, and leaves redzones that a
+// later fiber on the same stack trips over (a false stack-buffer-overflow). Every switch between
+// the scheduler and a fiber is announced: start_switch just before, finish_switch just after.
+// fake: ASan's fake stack of the stack being left (nullptr when a fiber leaves for good).
+void start_switch([[maybe_unused]] void** fake, [[maybe_unused]] const void* bottom,
+                  [[maybe_unused]] std::size_t size) {
+#if defined(NB_EMU_ASAN)
+  __sanitizer_start_switch_fiber(fake, bottom, size);
+#endif
+}
+void finish_switch([[maybe_unused]] void* fake, [[maybe_unused]] const void** old_bottom,
+                   [[maybe_unused]] std::size_t* old_size) {
+#if defined(NB_EMU_ASAN)
+  __sanitizer_finish_switch_fiber(fake, old_bottom, old_size);
+#endif
+}
+
+/// Thrown at a suspension point of a fiber whose block failed, so that the fiber unwinds on its
+/// own stack and returns normally (not derived from std::exception: kernel code never sees it).
+struct Aborted {};
 
 struct PoolStackAllocator {
   void* base;
@@ -97,8 +128,10 @@ const char* op_name(WarpOp op) {
 }
 
 struct EmuThread {
-  ctx::fiber fiber;  // the CUDA thread
-  ctx::fiber sched;  // the scheduler, while this thread runs
+  ctx::fiber fiber;       // the CUDA thread
+  ctx::fiber sched;       // the scheduler, while this thread runs
+  void* stack = nullptr;  // lowest address of the fiber's stack (kStackBytes)
+  bool threw = false;     // the fiber ended by an exception (its stack is dirty under ASan)
   ThreadView view;
   unsigned linear = 0, warp = 0, lane = 0;
   State state = State::runnable;
@@ -140,7 +173,11 @@ struct Runtime {
   std::size_t dynamic_bytes = 0, static_top = 0;
   std::vector<std::pair<const void*, std::pair<std::size_t, std::size_t>>> statics;
   // First error of the block.
-  bool failed = false, unwinding = false;
+  bool failed = false;
+  bool aborting = false;  // waking suspended fibers of a failed block so that they finish
+  // The scheduler's stack, as ASan reports it when a fiber is first entered.
+  const void* sched_bottom = nullptr;
+  std::size_t sched_size = 0;
   std::string error;
   int error_thread = -1;
 };
@@ -171,7 +208,24 @@ Runtime& runtime(const char* what) {
   return *g_rt;
 }
 
-void yield(EmuThread& t) { t.sched = std::move(t.sched).resume(); }
+/// Suspends the running fiber (back to the scheduler) until it is resumed. Throws Aborted when it
+/// is resumed only to finish because its block failed.
+void yield(EmuThread& t) {
+  Runtime& rt = *g_rt;
+  void* fake = nullptr;
+  start_switch(&fake, rt.sched_bottom, rt.sched_size);
+  t.sched = std::move(t.sched).resume();
+  finish_switch(fake, nullptr, nullptr);
+  if (rt.aborting) throw Aborted{};
+}
+
+/// Runs fiber t until it suspends or finishes (scheduler side).
+void resume(EmuThread& t) {
+  void* fake = nullptr;
+  start_switch(&fake, t.stack, kStackBytes);
+  t.fiber = std::move(t.fiber).resume();
+  finish_switch(fake, nullptr, nullptr);
+}
 
 void record_error(Runtime& rt, const EmuThread& t, const std::string& what) {
   if (rt.failed) return;
@@ -199,10 +253,10 @@ void on_exit(Runtime& rt, EmuThread& t) {
                              rt.waiting, where(rt.barrier_file, rt.barrier_line)));
   for (const auto& p : rt.pending[t.warp])
     if (p.mask >> t.lane & 1u)
-      record_error(rt, t,
-                   fmt::format("lane {} exited while lanes {} wait for it in {} at {} (mask {:#010x})",
-                               t.lane, lanes_of(p.arrived), op_name(p.op), where(p.file, p.line),
-                               p.mask));
+      record_error(
+          rt, t,
+          fmt::format("lane {} exited while lanes {} wait for it in {} at {} (mask {:#010x})",
+                      t.lane, lanes_of(p.arrived), op_name(p.op), where(p.file, p.line), p.mask));
 }
 
 std::string deadlock_message(const Runtime& rt) {
@@ -234,21 +288,30 @@ void run_block(Runtime& rt, StackPool& stacks) {
     t.warp = i / 32;
     t.lane = i % 32;
     t.state = State::runnable;
-    t.fiber = ctx::fiber(std::allocator_arg, PoolStackAllocator{stacks.stack(i)},
+    t.threw = false;
+    t.stack = stacks.stack(i);
+    t.fiber = ctx::fiber(std::allocator_arg, PoolStackAllocator{t.stack},
                          [&rt, &t](ctx::fiber&& sched) -> ctx::fiber {
+                           finish_switch(nullptr, &rt.sched_bottom, &rt.sched_size);
                            t.sched = std::move(sched);
-                           // Boost's ucontext variant runs a never-started fiber on destruction.
-                           if (rt.unwinding) return std::move(t.sched);
-                           try {
-                             (*rt.body)();
-                           } catch (const ctx::detail::forced_unwind&) {
-                             throw;
-                           } catch (const std::exception& e) {
-                             record_error(rt, t, e.what());
-                           } catch (...) {
-                             record_error(rt, t, "unknown exception");
+                           // Every exception ends here, on the fiber's own stack: none crosses
+                           // a switch, and the fiber always returns normally (Boost's forced
+                           // unwinding of suspended fibers is never used).
+                           if (!rt.aborting) {
+                             try {
+                               (*rt.body)();
+                             } catch (const Aborted&) {
+                               t.threw = true;
+                             } catch (const std::exception& e) {
+                               t.threw = true;
+                               record_error(rt, t, e.what());
+                             } catch (...) {
+                               t.threw = true;
+                               record_error(rt, t, "unknown exception");
+                             }
                            }
                            t.state = State::done;
+                           start_switch(nullptr, rt.sched_bottom, rt.sched_size);
                            return std::move(t.sched);
                          });
   }
@@ -268,7 +331,7 @@ void run_block(Runtime& rt, StackPool& stacks) {
       progressed = true;
       rt.current = &t;
       g_thread = &t.view;
-      t.fiber = std::move(t.fiber).resume();
+      resume(t);
       rt.current = nullptr;
       g_thread = nullptr;
       if (t.state == State::done) {
@@ -285,11 +348,22 @@ void run_block(Runtime& rt, StackPool& stacks) {
         }
     }
   }
-  if (rt.failed) {  // unwind the stacks of threads still suspended
-    rt.unwinding = true;
-    for (unsigned i = 0; i < rt.nthreads; ++i) rt.threads[i].fiber = ctx::fiber();
-    rt.unwinding = false;
+  if (rt.failed) {
+    // Threads still suspended (or never started) are resumed once more: each throws Aborted at
+    // its suspension point (or does not start), unwinds its own stack and finishes.
+    rt.aborting = true;
+    for (auto& t : rt.threads)
+      if (t.state != State::done) {
+        rt.current = &t;
+        g_thread = &t.view;
+        resume(t);
+        rt.current = nullptr;
+        g_thread = nullptr;
+      }
+    rt.aborting = false;
   }
+  for (unsigned i = 0; i < rt.nthreads; ++i)
+    if (rt.threads[i].threw) stacks.mark_dirty(i);
 }
 
 }  // namespace
@@ -305,8 +379,8 @@ void launch(const char* kernel_name, dim3 grid, dim3 block, std::size_t dynamic_
     throw Error(fmt::format("kernel {}: invalid block ({},{},{}) (1..1024 threads, z <= 64)",
                             kernel_name, block.x, block.y, block.z));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
-    throw Error(fmt::format("kernel {}: invalid grid ({},{},{})", kernel_name, grid.x, grid.y,
-                            grid.z));
+    throw Error(
+        fmt::format("kernel {}: invalid grid ({},{},{})", kernel_name, grid.x, grid.y, grid.z));
   if (dynamic_shared_bytes > kSharedCapacity)
     throw Error(fmt::format("kernel {}: {} bytes of dynamic shared memory exceed the {} per block",
                             kernel_name, dynamic_shared_bytes, kSharedCapacity));
@@ -370,10 +444,10 @@ void syncthreads(const char* file, int line) {
         where(file, line), rt.exited,
         idx3(rt.threads[static_cast<std::size_t>(rt.first_exited)].view.thread_idx)));
   if (rt.waiting > 0 && (rt.barrier_line != line || std::strcmp(rt.barrier_file, file) != 0))
-    throw Error(fmt::format(
-        "__syncthreads at {} while {} thread(s) wait at __syncthreads at {} "
-        "(threads at different barriers: a barrier in divergent code)",
-        where(file, line), rt.waiting, where(rt.barrier_file, rt.barrier_line)));
+    throw Error(
+        fmt::format("__syncthreads at {} while {} thread(s) wait at __syncthreads at {} "
+                    "(threads at different barriers: a barrier in divergent code)",
+                    where(file, line), rt.waiting, where(rt.barrier_file, rt.barrier_line)));
   if (rt.waiting == 0) {
     rt.barrier_file = file;
     rt.barrier_line = line;
@@ -402,10 +476,10 @@ std::uint64_t warp_exchange(WarpOp op, unsigned mask, std::uint64_t bits, int pa
                             where(file, line), t.lane, mask));
   const unsigned exists = warp_lanes(rt, t.warp);
   if (mask & ~exists)
-    throw Error(fmt::format("{} at {}: mask {:#010x} names lanes {} that do not exist (the block "
-                            "has {} threads)",
-                            op_name(op), where(file, line), mask, lanes_of(mask & ~exists),
-                            rt.nthreads));
+    throw Error(
+        fmt::format("{} at {}: mask {:#010x} names lanes {} that do not exist (the block "
+                    "has {} threads)",
+                    op_name(op), where(file, line), mask, lanes_of(mask & ~exists), rt.nthreads));
   if (mask & rt.warp_exited[t.warp])
     throw Error(fmt::format("{} at {}: mask {:#010x} names lanes {} that have exited", op_name(op),
                             where(file, line), mask, lanes_of(mask & rt.warp_exited[t.warp])));
@@ -416,10 +490,11 @@ std::uint64_t warp_exchange(WarpOp op, unsigned mask, std::uint64_t bits, int pa
   auto it = std::find_if(pend.begin(), pend.end(),
                          [&](const PendingExchange& p) { return (p.mask & mask) != 0; });
   if (it != pend.end() && it->mask != mask)
-    throw Error(fmt::format("{} at {}: lane {} uses mask {:#010x} while lanes {} wait in {} at {} "
-                            "with mask {:#010x}",
-                            op_name(op), where(file, line), t.lane, mask, lanes_of(it->arrived),
-                            op_name(it->op), where(it->file, it->line), it->mask));
+    throw Error(
+        fmt::format("{} at {}: lane {} uses mask {:#010x} while lanes {} wait in {} at {} "
+                    "with mask {:#010x}",
+                    op_name(op), where(file, line), t.lane, mask, lanes_of(it->arrived),
+                    op_name(it->op), where(it->file, it->line), it->mask));
   if (it != pend.end() && it->op != op)
     throw Error(fmt::format("{} at {}: lane {} meets lanes {} waiting in {} at {} (mask {:#010x})",
                             op_name(op), where(file, line), t.lane, lanes_of(it->arrived),
@@ -513,8 +588,7 @@ void* shared_static(const void* site, std::size_t bytes) {
   Runtime& rt = runtime("shared memory");
   for (const auto& [s, off_size] : rt.statics)
     if (s == site) {
-      if (off_size.second != bytes)
-        throw Error("a __shared__ array changed size within a launch");
+      if (off_size.second != bytes) throw Error("a __shared__ array changed size within a launch");
       return reinterpret_cast<unsigned char*>(rt.arena.get()) + off_size.first;
     }
   const std::size_t offset = rt.dynamic_bytes + rt.static_top;

@@ -2,9 +2,9 @@
 // so that the kernels are tested where no GPU exists.
 //
 // Model. A launch runs its blocks one at a time, in the order of the current Schedule. Every CUDA
-// thread of a block is a fiber (Boost.Context; the ucontext variant under AddressSanitizer); the
-// scheduler resumes runnable fibers in the schedule's order, and a fiber runs until it reaches a
-// synchronisation point (__syncthreads, a warp-synchronous intrinsic) or returns. Before every
+// thread of a block is a fiber (Boost.Context fcontext; switches announced to AddressSanitizer);
+// the scheduler resumes runnable fibers in the schedule's order, and a fiber runs until it reaches
+// a synchronisation point (__syncthreads, a warp-synchronous intrinsic) or returns. Before every
 // block, all of its shared memory (static NB_SHARED arrays and the dynamic allocation) is filled
 // with bytes 0xFF, a NaN for fp32, so reading shared memory no thread wrote shows up as NaN.
 //
