@@ -355,6 +355,138 @@ NB_AVX512_INLINE void reduce_backward(const T* x, const T* dy, int64_t n, const 
   }
 }
 
+// Register-tiled versions for wide rows (one pattern period per row: period == C > 128): the
+// block is walked one tile of up to 64 channels (4 vectors) at a time, down all its rows, with
+// the tile's accumulators (two per vector: even and odd rows, to hide the add latency) and
+// centers in registers: one load of x per vector instead of also loading and storing
+// accumulators and loading centers from L1. Each tile adds into acc[c0..] (fp32, the caller
+// folds); the prefetcher advances by the bytes of each row's tile, so the next unit's lines are
+// requested in step with the work. Rows are C elements apart; the last vector of a tile is masked
+// when C is not a multiple of 16. Used for the forward statistics only: measured on the Intel
+// hosts (2 threads, 256 MiB NHWC tensors, paired A/B runs) the tiles made GroupNorm and
+// InstanceNorm NHWC statistics 5-9 % faster and BatchNorm's equal, while a tiled backward
+// reduction (x and dy) was 5-20 % slower than the row-vector loop for f32 and BatchNorm bf16.
+
+inline bool tiled(const ChannelPattern& pat) {
+  return pat.period == pat.channels && pat.channels > 128;
+}
+
+template <class T, int K>
+NB_AVX512_INLINE __m512 tile_load(const T* p, int k, __mmask16 last) {
+  return k == K - 1 ? Io<T>::load(p, last) : Io<T>::load(p);
+}
+
+template <class T, int K>
+NB_AVX512_INLINE void tile_sum(const T* x, int64_t rows, int64_t C, const float* center,
+                               float* acc, __mmask16 last, Prefetcher& pf) {
+  __m512 a[K], b[K], c[K];
+#pragma GCC unroll 4
+  for (int k = 0; k < K; ++k) {
+    const __mmask16 m = k == K - 1 ? last : __mmask16(0xffff);
+    a[k] = _mm512_maskz_loadu_ps(m, acc + 16 * k);
+    b[k] = _mm512_setzero_ps();
+    c[k] = _mm512_maskz_loadu_ps(m, center + 16 * k);
+  }
+  const int64_t row_bytes = int64_t{16} * K * static_cast<int64_t>(sizeof(T));
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2) {
+    const T* x0 = x + r * C;
+#pragma GCC unroll 4
+    for (int k = 0; k < K; ++k) {
+      a[k] = _mm512_add_ps(a[k], _mm512_sub_ps(tile_load<T, K>(x0 + 16 * k, k, last), c[k]));
+      b[k] = _mm512_add_ps(b[k], _mm512_sub_ps(tile_load<T, K>(x0 + C + 16 * k, k, last), c[k]));
+    }
+    pf.advance(2 * row_bytes);
+  }
+  if (r < rows) {
+#pragma GCC unroll 4
+    for (int k = 0; k < K; ++k)
+      a[k] = _mm512_add_ps(a[k], _mm512_sub_ps(tile_load<T, K>(x + r * C + 16 * k, k, last), c[k]));
+    pf.advance(row_bytes);
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < K; ++k)
+    _mm512_mask_storeu_ps(acc + 16 * k, k == K - 1 ? last : __mmask16(0xffff),
+                          _mm512_add_ps(a[k], b[k]));
+}
+
+template <class T, int K>
+NB_AVX512_INLINE void tile_deviations(const T* x, int64_t rows, int64_t C, const float* mean,
+                                      float* acc1, float* acc2, __mmask16 last, Prefetcher& pf) {
+  __m512 a[K], a2[K], q[K], q2[K], c[K];
+#pragma GCC unroll 4
+  for (int k = 0; k < K; ++k) {
+    const __mmask16 m = k == K - 1 ? last : __mmask16(0xffff);
+    a[k] = _mm512_maskz_loadu_ps(m, acc1 + 16 * k);
+    q[k] = _mm512_maskz_loadu_ps(m, acc2 + 16 * k);
+    a2[k] = q2[k] = _mm512_setzero_ps();
+    c[k] = _mm512_maskz_loadu_ps(m, mean + 16 * k);
+  }
+  const int64_t row_bytes = int64_t{16} * K * static_cast<int64_t>(sizeof(T));
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2) {
+    const T* x0 = x + r * C;
+#pragma GCC unroll 4
+    for (int k = 0; k < K; ++k) {
+      const __m512 d0 = _mm512_sub_ps(tile_load<T, K>(x0 + 16 * k, k, last), c[k]);
+      const __m512 d1 = _mm512_sub_ps(tile_load<T, K>(x0 + C + 16 * k, k, last), c[k]);
+      a[k] = _mm512_add_ps(a[k], d0);
+      q[k] = _mm512_fmadd_ps(d0, d0, q[k]);
+      a2[k] = _mm512_add_ps(a2[k], d1);
+      q2[k] = _mm512_fmadd_ps(d1, d1, q2[k]);
+    }
+    pf.advance(2 * row_bytes);
+  }
+  if (r < rows) {
+#pragma GCC unroll 4
+    for (int k = 0; k < K; ++k) {
+      const __m512 d0 = _mm512_sub_ps(tile_load<T, K>(x + r * C + 16 * k, k, last), c[k]);
+      a[k] = _mm512_add_ps(a[k], d0);
+      q[k] = _mm512_fmadd_ps(d0, d0, q[k]);
+    }
+    pf.advance(row_bytes);
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < K; ++k) {
+    const __mmask16 m = k == K - 1 ? last : __mmask16(0xffff);
+    _mm512_mask_storeu_ps(acc1 + 16 * k, m, _mm512_add_ps(a[k], a2[k]));
+    _mm512_mask_storeu_ps(acc2 + 16 * k, m, _mm512_add_ps(q[k], q2[k]));
+  }
+}
+
+/// The tiles of C channels: K = 1..4 vectors each (the last vector masked with `last`); calls
+/// TILE<K>(c0, last) through a switch on K.
+#define NB_FOR_EACH_TILE(C, TILE)                                         \
+  for (int64_t c0 = 0; c0 < (C); c0 += 64) {                              \
+    const int64_t left = (C) - c0;                                        \
+    const int K = static_cast<int>(std::min<int64_t>(4, (left + 15) / 16)); \
+    const __mmask16 last = first_lanes(left - 16 * (K - 1));              \
+    switch (K) {                                                          \
+      case 4: TILE(4); break;                                             \
+      case 3: TILE(3); break;                                             \
+      case 2: TILE(2); break;                                             \
+      default: TILE(1); break;                                            \
+    }                                                                     \
+  }
+
+/// acc[c] += sum over `rows` rows of x[r][c] - center[c].
+template <class T>
+NB_AVX512_INLINE void tiled_sum(const T* x, int64_t rows, int64_t C, const float* center,
+                                float* acc, Prefetcher& pf) {
+#define NB_TILE(K) tile_sum<T, K>(x + c0, rows, C, center + c0, acc + c0, last, pf)
+  NB_FOR_EACH_TILE(C, NB_TILE)
+#undef NB_TILE
+}
+/// acc1[c] += sum(x - mean_c), acc2[c] += sum((x - mean_c)^2) over `rows` rows.
+template <class T>
+NB_AVX512_INLINE void tiled_deviations(const T* x, int64_t rows, int64_t C, const float* mean,
+                                       float* acc1, float* acc2, Prefetcher& pf) {
+#define NB_TILE(K) tile_deviations<T, K>(x + c0, rows, C, mean + c0, acc1 + c0, acc2 + c0, last, pf)
+  NB_FOR_EACH_TILE(C, NB_TILE)
+#undef NB_TILE
+}
+#undef NB_FOR_EACH_TILE
+
 /// spread[c] = max |x[r][c] - shift[c]| over the first min(rows, 8) rows: an order-of-magnitude
 /// estimate for exact_centers (which tolerates a spread up to 2^11 times larger than estimated).
 template <class T>
@@ -399,11 +531,16 @@ NB_AVX512_INLINE void channel_deviation_pass(const T* xb, int64_t nr, const Chan
   std::fill_n(s.acc2.data(), pat.storage(), 0.0f);
   for (int64_t f0 = 0; f0 < nr; f0 += fold_rows) {
     std::fill_n(s.acc1.data(), pat.storage(), 0.0f);
-    for (int64_t r = f0; r < std::min(nr, f0 + fold_rows); r += step_rows) {
-      const int64_t rows_here = std::min({step_rows, nr - r, f0 + fold_rows - r});
-      reduce_deviations(xb + r * C, rows_here * C, pat, s.pattern.data(), s.acc1.data(),
-                        s.acc2.data());
-      pf.advance(rows_here * C * sizeof(T));
+    if (tiled(pat)) {
+      tiled_deviations(xb + f0 * C, std::min(nr, f0 + fold_rows) - f0, C, s.pattern.data(),
+                       s.acc1.data(), s.acc2.data(), pf);
+    } else {
+      for (int64_t r = f0; r < std::min(nr, f0 + fold_rows); r += step_rows) {
+        const int64_t rows_here = std::min({step_rows, nr - r, f0 + fold_rows - r});
+        reduce_deviations(xb + r * C, rows_here * C, pat, s.pattern.data(), s.acc1.data(),
+                          s.acc2.data());
+        pf.advance(rows_here * C * sizeof(T));
+      }
     }
     pat.fold(s.acc1.data(), s.sum1.data());
   }
@@ -436,10 +573,14 @@ NB_AVX512 void accumulate_channel_moments(const T* x, int64_t rows, const Channe
       pat.expand(center, s.pattern.data());
       sample_spread(xb, nr, C, center, s.spread.data());
       std::fill_n(s.acc1.data(), pat.storage(), 0.0f);
-      for (int64_t r = 0; r < nr; r += step_rows) {
-        const int64_t rows_here = std::min(step_rows, nr - r);
-        reduce_sum(xb + r * C, rows_here * C, pat, s.pattern.data(), s.acc1.data());
-        pf.advance(rows_here * C * sizeof(T));
+      if (tiled(pat)) {
+        tiled_sum(xb, nr, C, s.pattern.data(), s.acc1.data(), pf);
+      } else {
+        for (int64_t r = 0; r < nr; r += step_rows) {
+          const int64_t rows_here = std::min(step_rows, nr - r);
+          reduce_sum(xb + r * C, rows_here * C, pat, s.pattern.data(), s.acc1.data());
+          pf.advance(rows_here * C * sizeof(T));
+        }
       }
       std::fill(s.sum1.begin(), s.sum1.end(), 0.0);
       pat.fold(s.acc1.data(), s.sum1.data());
