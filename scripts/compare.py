@@ -4,7 +4,8 @@
 Usage:
   compare.py BASELINE.csv NEW.csv
   compare.py --base a.csv b.csv --new c.csv d.csv     (sharded runs are merged)
-  options: --threshold 0.15     relative slowdown that counts
+  options: --threshold 0.15     relative slowdown that counts (per case and per kernel)
+           --case-threshold 0.5 a confirmed slowdown of one case alone fails only above this
            --recheck NORMBENCH  re-measure every `slower` case with this binary (`normbench run`)
                                 and keep the verdict only if every re-run is slower too
                                 (--recheck-runs 2, --recheck-min-time: the sweep's min_time)
@@ -27,6 +28,15 @@ beyond the run-to-run noise; `faster` symmetrically; otherwise `same`. With --re
 case is re-measured --recheck-runs times (same repetitions and threads as the new row) and stays
 `slower` only if every re-run passes the same test; otherwise it is reported as `noise`.
 
+Kernels: the cases of one (backend, mode, method:pass) exercise one kernel over several shapes,
+dtypes and layouts. A kernel is `slower` when the median of its cases' drift-corrected ratios
+exceeds 1 + threshold and more than half of its cases are `slower` by the test above; with --recheck all its cases are re-measured --recheck-runs times and the
+verdict stays only if each re-run's median does too. This is what fails a run: in unchanged runs
+on these hosts, a single case of a few microseconds was confirmed 17-24 % slower by its re-runs
+(2 of 252 cases), while no kernel's median moved by more than 11 %. A single case fails the run
+only when it is confirmed slower by more than --case-threshold (default 50 %); below that it is
+reported and not failed, so a regression confined to one shape is seen but not enforced.
+
 Per-kernel speed is not comparable across CPU models (one kernel gains more from a wider core or
 a larger cache than another, which the drift does not correct). So when the rows carry a
 `cpu_model`, the baseline may hold runs of several models (scripts/regression.sh --refresh
@@ -34,8 +44,8 @@ replaces only this machine's), and only the baseline rows of the new run's model
 the baseline has none of that model, every verdict is still printed, but slowdowns are
 informational (a warning says so) and only agreement FAILs fail.
 
-Exit status: 1 if the new results contain any agreement FAIL or any `slower` case (when the
-baseline was measured on the same CPU model), else 0; 2 on a usage error (missing file, missing
+Exit status: 1 if the new results contain any agreement FAIL, or (when the baseline was measured
+on the same CPU model) a `slower` kernel or a case `slower` beyond --case-threshold, else 0; 2 on a usage error (missing file, missing
 columns).
 """
 from __future__ import annotations
@@ -123,29 +133,77 @@ def verdicts(b: pd.DataFrame, n: pd.DataFrame, threshold: float) -> tuple[pd.Dat
     return pd.DataFrame(rows, columns=KEY + ["verdict", "normalised_time_ratio"]), drift
 
 
-def recheck(binary: str, runs: int, min_time: float | None, b: pd.DataFrame, n: pd.DataFrame, v: pd.DataFrame,
-            drift: float, threshold: float, dram_bytes: float) -> None:
+def kernel_of(repro: str) -> str:
+    """The kernel a case exercises: method:pass of its repro string (the whole string if it has
+    no such fields)."""
+    parts = repro.split(":")
+    return ":".join(parts[:2]) if len(parts) >= 2 else repro
+
+
+def kernel_verdicts(v: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per (backend, mode, kernel): the median drift-corrected ratio over its paired cases;
+    `slower` when it exceeds 1 + threshold and more than half its cases are `slower` (beyond their
+    noise), `faster` symmetrically."""
+    paired = v[v["normalised_time_ratio"].notna()].assign(kernel=v["repro"].map(kernel_of))
+    paired["is_slower"] = paired["verdict"] == "slower"
+    paired["is_faster"] = paired["verdict"] == "faster"
+    g = (paired.groupby(["backend", "mode", "kernel"])
+         .agg(median=("normalised_time_ratio", "median"), count=("normalised_time_ratio", "size"),
+              slower=("is_slower", "sum"), faster=("is_faster", "sum")).reset_index())
+    g["verdict"] = "same"
+    g.loc[(g["median"] > 1 + threshold) & (2 * g["slower"] > g["count"]), "verdict"] = "slower"
+    g.loc[(g["median"] < 1 / (1 + threshold)) & (2 * g["faster"] > g["count"]), "verdict"] = "faster"
+    return g.drop(columns=["slower", "faster"])
+
+
+class Rerun:
+    """Re-measures cases with `normbench run` (same repetitions and threads as the new row)."""
+
+    def __init__(self, binary: str, min_time: float | None, dram_bytes: float):
+        self.binary, self.min_time, self.dram_bytes = binary, min_time, dram_bytes
+
+    def __call__(self, key: tuple, row: pd.Series) -> pd.Series:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "recheck.csv")
+            cmd = [self.binary, "run", key[0], "--backends", key[1], "--modes", key[2],
+                   "--dists", "normal", "--repetitions", str(row["repetitions"]),
+                   "--threads", str(row["threads"]), "--quiet", "--out", out]
+            if self.min_time:
+                cmd += ["--min-time", str(self.min_time)]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise SystemExit(f"compare.py: error: re-run failed: {' '.join(cmd)}\n"
+                                 f"{res.stderr[-2000:]}")
+            return timed(load([out]), self.dram_bytes).loc[key]
+
+
+def recheck(rerun: Rerun, runs: int, b: pd.DataFrame, n: pd.DataFrame, v: pd.DataFrame,
+            drift: float, threshold: float) -> None:
     """Re-measures each `slower` case; keeps `slower` only if every re-run is slower too."""
     for i in v.index[v["verdict"] == "slower"]:
         key = tuple(v.loc[i, KEY])
-        row = n.loc[key]
-        confirmed = True
         for _ in range(runs):
-            with tempfile.TemporaryDirectory() as tmp:
-                out = os.path.join(tmp, "recheck.csv")
-                cmd = [binary, "run", key[0], "--backends", key[1], "--modes", key[2],
-                       "--dists", "normal", "--repetitions", str(row["repetitions"]),
-                       "--threads", str(row["threads"]), "--quiet", "--out", out]
-                if min_time:
-                    cmd += ["--min-time", str(min_time)]
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-                again = timed(load([out]), dram_bytes)
-            verdict, _ = judge(b.loc[key], again.loc[key], drift, threshold)
-            if verdict != "slower":
-                confirmed = False
+            if judge(b.loc[key], rerun(key, n.loc[key]), drift, threshold)[0] != "slower":
+                v.loc[i, "verdict"] = "noise"
                 break
-        if not confirmed:
-            v.loc[i, "verdict"] = "noise"
+
+
+def recheck_kernels(rerun: Rerun, runs: int, b: pd.DataFrame, n: pd.DataFrame, v: pd.DataFrame,
+                    k: pd.DataFrame, drift: float, threshold: float) -> None:
+    """Re-measures every case of each `slower` kernel; keeps `slower` only if, in every re-run,
+    the median ratio over its cases is still above 1 + threshold."""
+    kernels = v["repro"].map(kernel_of)
+    for i in k.index[k["verdict"] == "slower"]:
+        sel = v[(v["backend"] == k.loc[i, "backend"]) & (v["mode"] == k.loc[i, "mode"])
+                & (kernels == k.loc[i, "kernel"]) & v["normalised_time_ratio"].notna()]
+        for _ in range(runs):
+            ratios = []
+            for key in map(tuple, sel[KEY].values):
+                again = rerun(key, n.loc[key])
+                ratios.append(again["norm_median"] / b.loc[key, "norm_median"] / drift)
+            if float(pd.Series(ratios).median()) <= 1 + threshold:
+                k.loc[i, "verdict"] = "noise"
+                break
 
 
 def main(argv: list[str]) -> int:
@@ -154,6 +212,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--base", nargs="+", default=[], help="baseline CSVs (merged)")
     ap.add_argument("--new", nargs="+", default=[], help="new CSVs (merged)")
     ap.add_argument("--threshold", type=float, default=0.15)
+    ap.add_argument("--case-threshold", type=float, default=0.5,
+                    help="a confirmed slowdown of a single case fails only above this")
     ap.add_argument("--dram-bytes", type=float, default=64 * 2**20,
                     help="cases moving at least this many bytes are normalised by the copy bandwidth")
     ap.add_argument("--recheck", metavar="NORMBENCH", help="re-measure slower cases with this binary")
@@ -175,8 +235,11 @@ def main(argv: list[str]) -> int:
     bdf, foreign = same_cpu(bdf, ndf)
     b, n = timed(bdf, a.dram_bytes), timed(ndf, a.dram_bytes)
     v, drift = verdicts(b, n, a.threshold)
+    k = kernel_verdicts(v, a.threshold)
     if a.recheck:
-        recheck(a.recheck, a.recheck_runs, a.recheck_min_time, b, n, v, drift, a.threshold, a.dram_bytes)
+        rerun = Rerun(a.recheck, a.recheck_min_time, a.dram_bytes)
+        recheck(rerun, a.recheck_runs, b, n, v, drift, a.threshold)
+        recheck_kernels(rerun, a.recheck_runs, b, n, v, k, drift, a.threshold)
     if a.out:
         v.to_csv(a.out, index=False)
     fails = ndf[ndf["status"] == "FAIL"]
@@ -186,11 +249,18 @@ def main(argv: list[str]) -> int:
         what = {"noise": "slower, not confirmed by re-runs"}.get(r["verdict"], r["verdict"])
         print(f"{r['verdict']:<8} {r['backend']:<14} {r['repro']} [{r['mode']}]: "
               f"x{r['normalised_time_ratio']:.3f} after drift ({what})")
+    for _, r in k[k["verdict"] != "same"].iterrows():
+        what = {"noise": "slower, not confirmed by re-runs"}.get(r["verdict"], r["verdict"])
+        print(f"kernel {r['verdict']:<8} {r['backend']:<14} {r['kernel']} [{r['mode']}]: median "
+              f"x{r['median']:.3f} after drift over {r['count']} cases ({what})")
     counts = v["verdict"].value_counts().to_dict()
-    summary = ", ".join(f"{counts.get(k, 0)} {k}"
-                        for k in ["faster", "same", "slower", "noise", "new", "gone"])
-    print(f"compare: {len(v)} timed cases: {summary}; {len(fails)} agreement FAIL; "
-          f"run drift x{drift:.3f} (median new/base)")
+    summary = ", ".join(f"{counts.get(key, 0)} {key}"
+                        for key in ["faster", "same", "slower", "noise", "new", "gone"])
+    kcounts = k["verdict"].value_counts().to_dict()
+    ksummary = ", ".join(f"{kcounts.get(key, 0)} {key}"
+                         for key in ["faster", "same", "slower", "noise"])
+    print(f"compare: {len(v)} timed cases: {summary}; {len(k)} kernels: {ksummary}; "
+          f"{len(fails)} agreement FAIL; run drift x{drift:.3f} (median new/base)")
     if abs(drift - 1) > a.threshold:
         print(f"compare: warning: every case moved by x{drift:.3f} together: a different or busier "
               "machine, or a change common to all cases; not judged per case")
@@ -199,8 +269,18 @@ def main(argv: list[str]) -> int:
               "timing verdicts are informational, only agreement FAILs fail; record one on this "
               "kind of machine with scripts/regression.sh --refresh")
         return 1 if len(fails) else 0
-    return 1 if len(fails) or counts.get("slower", 0) else 0
-
+    big = v[(v["verdict"] == "slower") & (v["normalised_time_ratio"] > 1 + a.case_threshold)]
+    slow_kernels = set(map(tuple, k.loc[k["verdict"] == "slower", ["backend", "mode", "kernel"]]
+                           .values))
+    in_slow_kernel = [(r["backend"], r["mode"], kernel_of(r["repro"])) in slow_kernels
+                      for _, r in v.iterrows()]
+    alone = int(((v["verdict"] == "slower") & ~pd.Series(in_slow_kernel, index=v.index)
+                 & (v["normalised_time_ratio"] <= 1 + a.case_threshold)).sum())
+    if alone:
+        print(f"compare: {alone} case(s) slower by up to {a.case_threshold:.0%} while their "
+              "kernel is not: reported, not failed (single cases of a few microseconds move by "
+              "that much for minutes on these hosts)")
+    return 1 if len(fails) or len(big) or kcounts.get("slower", 0) else 0
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -121,6 +121,41 @@ def main() -> int:
     expect("baseline of two CPU models: this model's rows are used (same on cpu B)",
            rc == 0 and set(v.values()) == {"same"}, log)
 
+    # Kernels: method:pass groups of cases (here 4 kernels of 6 shapes each).
+    kcases = {f"k{j}:fwd:f32:nchw:s{i}": 10.0 + i + j for j in range(4) for i in range(6)}
+    k1 = [r for r in kcases if r.startswith("k1:")]
+    kslow = {r: t * (1.25 if r in k1 else 1.0) for r, t in kcases.items()}
+    rc, v, log = run(tmp, "kernel_slower", rows(kcases), rows(kslow))
+    expect("every case of one kernel 25 % slower: that kernel slower, exit 1",
+           rc == 1 and "kernel slower" in log and "k1:fwd" in log
+           and all(v[r] == "slower" for r in k1), log)
+
+    one = dict(kcases, **{k1[2]: kcases[k1[2]] * 1.25})
+    rc, v, log = run(tmp, "case_alone", rows(kcases), rows(one))
+    expect("one case of a kernel 25 % slower: case slower, kernel same, reported, exit 0",
+           rc == 0 and v[k1[2]] == "slower" and "kernel slower" not in log
+           and "not failed" in log, log)
+
+    rc, v, log = run(tmp, "case_alone_big", rows(kcases),
+                     rows(dict(kcases, **{k1[2]: kcases[k1[2]] * 1.6})))
+    expect("one case of a kernel 60 % slower (beyond --case-threshold): exit 1",
+           rc == 1 and v[k1[2]] == "slower", log)
+
+    # --recheck of a kernel: a stand-in for `normbench run` that writes the prepared re-run rows.
+    for name, rerun, want_rc in [("kernel_recheck_noise", kcases, 0),
+                                 ("kernel_recheck_confirmed", kslow, 1)]:
+        prepared = tmp / f"{name}_rerun.csv"
+        rows(rerun).to_csv(prepared, index=False)
+        fake = tmp / f"{name}_normbench"
+        fake.write_text("#!/bin/sh\nrepro=$2\nwhile [ $# -gt 0 ]; do [ \"$1\" = --out ] && "
+                        f"{{ head -1 {prepared}; grep \"^$repro,\" {prepared}; }} > \"$2\"; "
+                        "shift; done\n")
+        fake.chmod(0o755)
+        rc, v, log = run(tmp, name, rows(kcases), rows(kslow), "--recheck", str(fake))
+        want = "kernel slower" if want_rc else "kernel noise"
+        expect(f"--recheck of a slower kernel, re-runs {'slower' if want_rc else 'unchanged'}: "
+               f"{want}, exit {want_rc}", rc == want_rc and want in log, log)
+
     # --recheck: a stand-in for `normbench run` that writes a prepared CSV to --out.
     for name, rerun, want_rc, want in [("recheck_noise", cases, 0, "noise"),
                                        ("recheck_confirmed", slow, 1, "slower")]:
