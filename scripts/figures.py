@@ -492,21 +492,27 @@ def apply_style() -> None:
 
 
 def find_csvs(inputs: Sequence[Path]) -> list[Path]:
-    """The CSV files named, and every *.csv under the directories named, sorted by path within
-    each directory; duplicates dropped. The repository's results/ may be absent (a fresh clone
-    before any result is committed: git keeps no empty directory): it then holds no CSV."""
+    """The CSV files named, and every *.csv under the directories named (except under a
+    `baseline/` directory: results/baseline holds the regression check's references, small
+    shapes and callgrind counts, not a paper's data), sorted by path within each directory;
+    duplicates dropped. The repository's results/ may be absent (a fresh clone before any result
+    is committed: git keeps no empty directory): it then holds no CSV."""
     found: list[Path] = []
     for item in inputs:
         if not item.exists() and item.resolve() == DEFAULT_INPUT:
             continue
         if item.is_dir():
-            found += sorted((p for p in item.rglob("*.csv") if p.is_file()),
+            found += sorted((p for p in item.rglob("*.csv")
+                             if p.is_file() and BASELINE_DIR not in p.relative_to(item).parts),
                             key=lambda p: p.relative_to(item).as_posix())
         elif item.is_file():
             found.append(item)
         else:
             raise InputError(f"{item}: no such file or directory")
     return list(dict.fromkeys(found))
+
+
+BASELINE_DIR = "baseline"
 
 
 def is_gpu(path: Path) -> bool:
