@@ -4,9 +4,10 @@
 // tensors that do not start on a 64-byte boundary; G = 1 and G = C; the large-offset input; a
 // constant input (variance 0).
 //
-// Peers (onednn, pytorch, cudnn, cudnn_legacy) are run the same way, but they are not ours to fix: a numerical
-// disagreement of a peer is printed here and reported as a FAIL row by every sweep (README,
-// "Peers"); only an error of our wrapper around it (an exception, a missing output) fails the test.
+// Peers (onednn, pytorch, cudnn, cudnn_legacy) are run the same way, but they are not ours to fix:
+// a numerical disagreement of a peer is printed here and reported as a FAIL row by every sweep
+// (README, "Peers"); only an error of our wrapper around it (an exception, a missing output) fails
+// the test.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 

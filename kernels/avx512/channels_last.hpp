@@ -377,8 +377,8 @@ NB_AVX512_INLINE __m512 tile_load(const T* p, int k, __mmask16 last) {
 }
 
 template <class T, int K>
-NB_AVX512_INLINE void tile_sum(const T* x, int64_t rows, int64_t C, const float* center,
-                               float* acc, __mmask16 last, Prefetcher& pf) {
+NB_AVX512_INLINE void tile_sum(const T* x, int64_t rows, int64_t C, const float* center, float* acc,
+                               __mmask16 last, Prefetcher& pf) {
   __m512 a[K], b[K], c[K];
 #pragma GCC unroll 4
   for (int k = 0; k < K; ++k) {
@@ -456,17 +456,25 @@ NB_AVX512_INLINE void tile_deviations(const T* x, int64_t rows, int64_t C, const
 
 /// The tiles of C channels: K = 1..4 vectors each (the last vector masked with `last`); calls
 /// TILE<K>(c0, last) through a switch on K.
-#define NB_FOR_EACH_TILE(C, TILE)                                         \
-  for (int64_t c0 = 0; c0 < (C); c0 += 64) {                              \
-    const int64_t left = (C) - c0;                                        \
+#define NB_FOR_EACH_TILE(C, TILE)                                           \
+  for (int64_t c0 = 0; c0 < (C); c0 += 64) {                                \
+    const int64_t left = (C)-c0;                                            \
     const int K = static_cast<int>(std::min<int64_t>(4, (left + 15) / 16)); \
-    const __mmask16 last = first_lanes(left - 16 * (K - 1));              \
-    switch (K) {                                                          \
-      case 4: TILE(4); break;                                             \
-      case 3: TILE(3); break;                                             \
-      case 2: TILE(2); break;                                             \
-      default: TILE(1); break;                                            \
-    }                                                                     \
+    const __mmask16 last = first_lanes(left - 16 * (K - 1));                \
+    switch (K) {                                                            \
+      case 4:                                                               \
+        TILE(4);                                                            \
+        break;                                                              \
+      case 3:                                                               \
+        TILE(3);                                                            \
+        break;                                                              \
+      case 2:                                                               \
+        TILE(2);                                                            \
+        break;                                                              \
+      default:                                                              \
+        TILE(1);                                                            \
+        break;                                                              \
+    }                                                                       \
   }
 
 /// acc[c] += sum over `rows` rows of x[r][c] - center[c].

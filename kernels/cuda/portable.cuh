@@ -27,10 +27,10 @@
 
 #define NB_DEVICE __device__ __forceinline__
 #define NB_HOST_DEVICE __host__ __device__ __forceinline__
-#define NB_SHARED(T, name, count)                 \
+#define NB_SHARED(T, name, count)                   \
   __shared__ __align__(16) T name##_storage[count]; \
   T* name = name##_storage
-#define NB_DYNAMIC_SHARED(T, name)                                      \
+#define NB_DYNAMIC_SHARED(T, name)                                    \
   extern __shared__ __align__(16) unsigned char nb_dynamic_shared_[]; \
   T* name = reinterpret_cast<T*>(nb_dynamic_shared_)
 #define NB_CHECK_ALIGNED(p, bytes) ((void)0)
@@ -57,8 +57,8 @@ void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
   kernel<<<grid, block, shared_bytes, stream>>>(static_cast<Params>(args)...);
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess)
-    throw std::runtime_error(std::string("launch of ") + name + " failed: " +
-                             cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+    throw std::runtime_error(std::string("launch of ") + name + " failed: " + cudaGetErrorName(e) +
+                             " (" + cudaGetErrorString(e) + ")");
 }
 }  // namespace NB_CUDA_NAMESPACE
 
@@ -98,9 +98,9 @@ using nbemu::uint4;
   static char name##_shared_site = 0; \
   T* name = static_cast<T*>(::nbemu::shared_static(&name##_shared_site, sizeof(T) * (count)))
 #define NB_DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(::nbemu::shared_dynamic())
-#define NB_CHECK_ALIGNED(p, bytes)                                                        \
-  do {                                                                                    \
-    if (reinterpret_cast<std::uintptr_t>(p) % (bytes) != 0)                               \
+#define NB_CHECK_ALIGNED(p, bytes)                                                              \
+  do {                                                                                          \
+    if (reinterpret_cast<std::uintptr_t>(p) % (bytes) != 0)                                     \
       ::nbemu::fail("misaligned " #bytes "-byte access to " #p " in " + std::string(__func__)); \
   } while (0)
 
@@ -112,8 +112,8 @@ inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin
   nbemu::syncwarp(mask, file, line);
 }
 template <class T>
-T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32,
-              const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32, const char* file = __builtin_FILE(),
+              int line = __builtin_LINE()) {
   return nbemu::shuffle_value(nbemu::ShuffleKind::idx, mask, v, src_lane, width, file, line);
 }
 template <class T>
@@ -130,8 +130,8 @@ T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32,
 template <class T>
 T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
                  const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
-  return nbemu::shuffle_value(nbemu::ShuffleKind::up, mask, v, static_cast<int>(delta), width,
-                              file, line);
+  return nbemu::shuffle_value(nbemu::ShuffleKind::up, mask, v, static_cast<int>(delta), width, file,
+                              line);
 }
 inline unsigned __ballot_sync(unsigned mask, int predicate, const char* file = __builtin_FILE(),
                               int line = __builtin_LINE()) {

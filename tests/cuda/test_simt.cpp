@@ -124,8 +124,9 @@ class Simt : public ::testing::TestWithParam<Order> {
 };
 
 std::string order_name(const ::testing::TestParamInfo<Order>& info) {
-  return info.param == Order::forward ? "forward" : info.param == Order::reverse ? "reverse"
-                                                                                 : "random";
+  return info.param == Order::forward   ? "forward"
+         : info.param == Order::reverse ? "reverse"
+                                        : "random";
 }
 
 std::vector<float> iota_floats(std::size_t n) {
@@ -243,8 +244,8 @@ TEST_P(Simt, ShufflePrimitivesAreCorrect) {
   for (int i = 0; i < 64; ++i) in[i] = (i % 3 == 0) ? -1.f - i : 1.f + i;
   std::vector<float> out(4 * 64);
   std::vector<unsigned> ballot(2);
-  launch_kernel("shuffle_primitives", shuffle_primitives, dim3(1), dim3(64), 0, nullptr,
-                in.data(), out.data(), ballot.data());
+  launch_kernel("shuffle_primitives", shuffle_primitives, dim3(1), dim3(64), 0, nullptr, in.data(),
+                out.data(), ballot.data());
   for (int w = 0; w < 2; ++w) {
     float sum = 0.f;
     unsigned b = 0;
@@ -286,7 +287,8 @@ TEST_P(Simt, BlockReductionsAreExactAndDeterministic) {
     double mean = 0, m2 = 0;
     for (int i = 0; i < threads; ++i) mean += in[b * threads + i];
     mean /= threads;
-    for (int i = 0; i < threads; ++i) m2 += (in[b * threads + i] - mean) * (in[b * threads + i] - mean);
+    for (int i = 0; i < threads; ++i)
+      m2 += (in[b * threads + i] - mean) * (in[b * threads + i] - mean);
     EXPECT_NEAR(sums[b], mean * threads, 1.0);
     EXPECT_EQ(stats[b].count, threads);
     EXPECT_NEAR(stats[b].mean, mean, 1e-3);
@@ -296,11 +298,11 @@ TEST_P(Simt, BlockReductionsAreExactAndDeterministic) {
 
 TEST(SimtLaunch, InvalidConfigurationsAreRejected) {
   float out = 0.f;
-  EXPECT_THROW(launch_kernel("off_by_one_fill", off_by_one_fill, dim3(1), dim3(2048), 0, nullptr,
+  EXPECT_THROW(
+      launch_kernel("off_by_one_fill", off_by_one_fill, dim3(1), dim3(2048), 0, nullptr, &out, 4),
+      nbemu::Error);
+  EXPECT_THROW(launch_kernel("off_by_one_fill", off_by_one_fill, dim3(1), dim3(32), 300000, nullptr,
                              &out, 4),
-               nbemu::Error);
-  EXPECT_THROW(launch_kernel("off_by_one_fill", off_by_one_fill, dim3(1), dim3(32), 300000,
-                             nullptr, &out, 4),
                nbemu::Error);
 }
 
