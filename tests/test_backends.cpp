@@ -106,6 +106,57 @@ TEST_P(BackendAgreement, MatchesReferenceOnAwkwardShapes) {
   EXPECT_GT(checked, 0) << "no shape was supported";
 }
 
+/// Shapes above the CPU backends' one-thread limit (avx512 kParallelMinElements = 32768), with
+/// units that do not divide between 2 threads (C = 5, N = 3, N*C = 15, T = 33), so the threaded
+/// paths run: whole units per thread, the leftover units split between the threads with merged
+/// partials, and (with NB_AVX512_SPLIT=always, CTest avx512_forced_paths) every BatchNorm NCHW
+/// backward channel split.
+std::vector<std::string> threaded_shapes_for(Method m) {
+  switch (m) {
+    case Method::batchnorm:
+    case Method::instancenorm:
+      return {"n3c5h53w53"};
+    case Method::layernorm:
+    case Method::rmsnorm:
+      return {"t33d1031"};
+    case Method::groupnorm:
+      return {"n3c12h53w53g4"};
+  }
+  return {};
+}
+
+/// Our CPU backends (the threaded shapes are theirs: the awkward shapes cover the others).
+std::vector<const Registration*> cpu_registrations() {
+  std::vector<const Registration*> out;
+  for (const Registration* r : registrations())
+    if (r->backend == "openmp" || r->backend == "avx512") out.push_back(r);
+  return out;
+}
+
+class CpuBackendAgreement : public ::testing::TestWithParam<const Registration*> {};
+
+TEST_P(CpuBackendAgreement, MatchesReferenceOnThreadedShapes) {
+  const Registration& r = *GetParam();
+  if (auto why = r.impl->unavailable_reason()) GTEST_SKIP() << "unavailable: " << *why;
+  for (const auto& shape : threaded_shapes_for(r.method))
+    for (Distribution dist : {Distribution::normal, Distribution::large_offset}) {
+      Problem p;
+      p.method = r.method;
+      p.pass = r.pass;
+      p.dtype = r.dtype;
+      p.layout = r.layout;
+      parse_shape(shape, p);
+      ASSERT_FALSE(validate(p)) << shape;
+      ASSERT_GE(p.numel(), 32768) << shape;
+      CaseInputs in = make_inputs(p, dist, fnv1a(to_repro(p)), 0);
+      const ref::Tensors ref = reference_outputs(p, in);
+      CaseOutputs out = make_outputs(p, in, 0);
+      const Agreement a = run_and_compare(p, *r.impl, in, ref, out);
+      EXPECT_EQ(a.status, Status::pass)
+          << to_repro(p) << " dist=" << to_string(dist) << ": " << a.reason;
+    }
+}
+
 std::string param_name(const ::testing::TestParamInfo<const Registration*>& info) {
   const Registration& r = *info.param;
   return fmt::format("{}_{}_{}_{}_{}", r.backend, to_string(r.method), to_string(r.pass),
@@ -115,6 +166,9 @@ std::string param_name(const ::testing::TestParamInfo<const Registration*>& info
 INSTANTIATE_TEST_SUITE_P(AllRegistered, BackendAgreement, ::testing::ValuesIn(registrations()),
                          param_name);
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(BackendAgreement);
+INSTANTIATE_TEST_SUITE_P(Cpu, CpuBackendAgreement, ::testing::ValuesIn(cpu_registrations()),
+                         param_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(CpuBackendAgreement);
 
 }  // namespace
 }  // namespace nb

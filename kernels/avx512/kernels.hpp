@@ -4,6 +4,8 @@
 // compiled for the baseline ISA, includes it and calls an entry only after checking the CPU.
 #pragma once
 
+#include <cstdint>
+
 #include "problem.hpp"
 #include "registry.hpp"
 
@@ -13,7 +15,9 @@ namespace nb::avx512 {
 /// can be measured (issue 3: "require these, measure each"):
 ///   NB_AVX512_STREAMING = auto (default) | always | never
 ///       non-temporal stores for y/dx: auto uses them when the tensors of the pass (x, y, and dy,
-///       dx for the backward) exceed the last-level cache
+///       dx for the backward) exceed streaming_cache_bytes()
+///   NB_AVX512_SPLIT     = auto (default) | always | never
+///       BatchNorm NCHW backward: every channel split between the threads (split_channels)
 ///   NB_AVX512_PREFETCH  = 1 (default) | 0
 ///       software prefetch of the next reduction unit while the current one is written
 ///   NB_AVX512_BF16      = auto (default) | emulate
@@ -23,16 +27,42 @@ namespace nb::avx512 {
 struct Options {
   enum class Streaming { automatic, always, never };
   Streaming streaming = Streaming::automatic;
+  Streaming split = Streaming::automatic;  ///< same three values, for NB_AVX512_SPLIT
   bool prefetch = true;
   bool emulate_bf16 = false;
 };
 const Options& options();
 
-/// Whether y/dx of a pass whose tensors total footprint_bytes are written with streaming stores.
+/// The most last-level cache one core can count on: 4 MiB, the LLC per core of current server
+/// CPUs (AMD Zen 4: 32 MiB per 8-core CCD; Intel Granite Rapids: 504 MB for 128 cores). A
+/// virtual machine reports the whole LLC as its own (480 MiB on the 2-vCPU Granite Rapids hosts)
+/// though the other tenants' cores share it: there, outputs of 128-256 MiB were written with
+/// ordinary stores and 16-bit kernels fell to 0.35-0.67 of the non-temporal copy, against
+/// 0.48-1.09 with streaming stores (cpu_roofline bf16, measured back to back).
+inline constexpr std::uint64_t kLlcPerCoreCap = std::uint64_t{4} << 20;
+
+/// min(LLC, kLlcPerCoreCap x hardware threads): the cache the streaming decision assumes.
+std::uint64_t streaming_cache_bytes();
+
+/// Work below this many elements runs on one thread (a parallel region costs microseconds).
+inline constexpr std::int64_t kParallelMinElements = 1 << 15;
+
+/// Whether y/dx of a pass whose tensors total footprint_bytes (bytes read + written) are written
+/// with streaming stores: when they exceed streaming_cache_bytes(), so the output would be
+/// evicted before it is read again. NB_AVX512_STREAMING=always|never overrides.
 bool use_streaming(std::uint64_t footprint_bytes);
 /// Whether the next reduction unit (unit_bytes of x, plus dy for the backward) is prefetched:
 /// two units per thread must fit in the thread's share of the last-level cache.
 bool prefetch_next_unit(std::uint64_t unit_bytes, int threads);
+
+/// Whether BatchNorm's NCHW backward splits every channel between the threads instead of giving
+/// each thread whole channels (then only the C mod threads leftovers are split): when a
+/// channel's x and dy (unit_bytes) exceed half the L2, so that a channel and the prefetched next
+/// one cannot both stay in L2 and the dx pass would re-read the slice from the last-level cache,
+/// which serves one core at about 20-23 GB/s on the Intel hosts against 144 GB/s from L2
+/// (measured). Split, each thread's part of a channel stays in L2 beside its prefetched part of
+/// the next channel, at the cost of two barriers per channel. Needs channels >= threads > 1.
+bool split_channels(std::uint64_t unit_bytes, int64_t channels, int threads);
 
 /// Training-mode backward of any method and layout in fp64, serially (degenerate.cpp): for
 /// reduction units of at most 2 elements, where the vector kernels' fp32 coefficients cancel.

@@ -5,7 +5,10 @@
 // compiled with AVX512-BF16 (namespace bf16hw) when the CPU has it, else to the emulated
 // narrowing of namespace base.
 #include <fmt/format.h>
+#include <omp.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -39,6 +42,10 @@ Options read_options() {
   if (const char* s = std::getenv("NB_AVX512_STREAMING")) {
     if (std::strcmp(s, "always") == 0) o.streaming = Options::Streaming::always;
     if (std::strcmp(s, "never") == 0) o.streaming = Options::Streaming::never;
+  }
+  if (const char* s = std::getenv("NB_AVX512_SPLIT")) {
+    if (std::strcmp(s, "always") == 0) o.split = Options::Streaming::always;
+    if (std::strcmp(s, "never") == 0) o.split = Options::Streaming::never;
   }
   if (const char* s = std::getenv("NB_AVX512_PREFETCH")) o.prefetch = std::strcmp(s, "0") != 0;
   if (const char* s = std::getenv("NB_AVX512_BF16"))
@@ -75,6 +82,12 @@ std::string describe(const Problem& p) {
   const bool stream = use_streaming((p.pass == Pass::bwd ? 3 : 2) * numel * e);
   std::string s = fmt::format("streaming_stores={} prefetch_next_unit={}", stream ? "yes" : "no",
                               options().prefetch ? "on" : "off");
+  if (p.method == Method::batchnorm && p.pass == Pass::bwd && p.layout == Layout::nchw &&
+      p.spatial() > 1) {
+    const int threads = p.numel() >= kParallelMinElements ? std::max(1, omp_get_max_threads()) : 1;
+    const std::uint64_t unit = 2 * static_cast<std::uint64_t>(p.n * p.spatial()) * e;
+    s += split_channels(unit, p.c, threads) ? " split_channels=yes" : " split_channels=no";
+  }
   if (p.dtype == DType::bf16)
     s += hardware_bf16(p) ? " bf16_narrowing=vcvtneps2bf16" : " bf16_narrowing=emulated";
   return s;
@@ -132,7 +145,27 @@ bool use_streaming(std::uint64_t footprint_bytes) {
     case Options::Streaming::automatic:
       break;
   }
-  return footprint_bytes > machine().llc_bytes;
+  return footprint_bytes > streaming_cache_bytes();
+}
+
+std::uint64_t streaming_cache_bytes() {
+  const MachineInfo& m = machine();
+  const std::uint64_t cap =
+      kLlcPerCoreCap * static_cast<std::uint64_t>(std::max(m.hardware_threads, 1));
+  return std::min<std::uint64_t>(m.llc_bytes, cap);
+}
+
+bool split_channels(std::uint64_t unit_bytes, int64_t channels, int threads) {
+  if (threads < 2 || channels < threads) return false;
+  switch (options().split) {
+    case Options::Streaming::always:
+      return true;
+    case Options::Streaming::never:
+      return false;
+    case Options::Streaming::automatic:
+      break;
+  }
+  return unit_bytes > machine().l2_bytes / 2;
 }
 
 bool prefetch_next_unit(std::uint64_t unit_bytes, int threads) {

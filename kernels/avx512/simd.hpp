@@ -697,9 +697,6 @@ inline Range split_range(int64_t n, int t, int parts) {
   return {n * t / parts, n * (t + 1) / parts};
 }
 
-/// Work below this many elements runs on one thread (a parallel region costs microseconds).
-inline constexpr int64_t kParallelMinElements = 1 << 15;
-
 inline int thread_budget(int64_t numel) {
   return numel >= kParallelMinElements ? std::max(1, omp_get_max_threads()) : 1;
 }
