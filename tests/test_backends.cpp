@@ -51,6 +51,17 @@ std::vector<std::string> shapes_for(Method m) {
   return {};
 }
 
+/// The registration's method, pass, dtype and layout on a shape string ("n2c3h5w7", "t5d17").
+Problem problem_for(const Registration& r, const std::string& shape) {
+  Problem p;
+  p.method = r.method;
+  p.pass = r.pass;
+  p.dtype = r.dtype;
+  p.layout = r.layout;
+  parse_shape(shape, p);
+  return p;
+}
+
 enum class Input { normal, large_offset, constant };
 
 std::string input_name(Input i) {
@@ -67,12 +78,7 @@ TEST_P(BackendAgreement, MatchesReferenceOnAwkwardShapes) {
     for (Input input : {Input::normal, Input::large_offset, Input::constant})
       for (std::size_t misalign : {std::size_t{0}, element_size(r.dtype)}) {
         if (input == Input::constant && misalign) continue;
-        Problem p;
-        p.method = r.method;
-        p.pass = r.pass;
-        p.dtype = r.dtype;
-        p.layout = r.layout;
-        parse_shape(shape, p);
+        const Problem p = problem_for(r, shape);
         if (validate(p)) continue;  // e.g. batchnorm training with N*H*W == 1
         if (r.impl->unsupported_reason(p)) continue;
         const Distribution dist =
@@ -140,12 +146,7 @@ TEST_P(CpuBackendAgreement, MatchesReferenceOnThreadedShapes) {
   if (auto why = r.impl->unavailable_reason()) GTEST_SKIP() << "unavailable: " << *why;
   for (const auto& shape : threaded_shapes_for(r.method))
     for (Distribution dist : {Distribution::normal, Distribution::large_offset}) {
-      Problem p;
-      p.method = r.method;
-      p.pass = r.pass;
-      p.dtype = r.dtype;
-      p.layout = r.layout;
-      parse_shape(shape, p);
+      const Problem p = problem_for(r, shape);
       ASSERT_FALSE(validate(p)) << shape;
       ASSERT_GE(p.numel(), 32768) << shape;
       CaseInputs in = make_inputs(p, dist, fnv1a(to_repro(p)), 0);

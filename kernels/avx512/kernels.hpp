@@ -25,9 +25,9 @@ namespace nb::avx512 {
 ///       VCVTNEPS2BF16 (both round the same way except for fp32 subnormals)
 /// An unknown value is treated as the default.
 struct Options {
-  enum class Streaming { automatic, always, never };
-  Streaming streaming = Streaming::automatic;
-  Streaming split = Streaming::automatic;  ///< same three values, for NB_AVX512_SPLIT
+  enum class Switch { automatic, always, never };
+  Switch streaming = Switch::automatic;
+  Switch split = Switch::automatic;
   bool prefetch = true;
   bool emulate_bf16 = false;
 };

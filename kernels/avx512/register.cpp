@@ -37,16 +37,18 @@ bool cpu_has_avx512bf16() {
   return __builtin_cpu_supports("avx512bf16");
 }
 
+/// auto (default, also for unset or unknown values) | always | never
+Options::Switch read_switch(const char* name) {
+  const char* s = std::getenv(name);
+  if (s && std::strcmp(s, "always") == 0) return Options::Switch::always;
+  if (s && std::strcmp(s, "never") == 0) return Options::Switch::never;
+  return Options::Switch::automatic;
+}
+
 Options read_options() {
   Options o;
-  if (const char* s = std::getenv("NB_AVX512_STREAMING")) {
-    if (std::strcmp(s, "always") == 0) o.streaming = Options::Streaming::always;
-    if (std::strcmp(s, "never") == 0) o.streaming = Options::Streaming::never;
-  }
-  if (const char* s = std::getenv("NB_AVX512_SPLIT")) {
-    if (std::strcmp(s, "always") == 0) o.split = Options::Streaming::always;
-    if (std::strcmp(s, "never") == 0) o.split = Options::Streaming::never;
-  }
+  o.streaming = read_switch("NB_AVX512_STREAMING");
+  o.split = read_switch("NB_AVX512_SPLIT");
   if (const char* s = std::getenv("NB_AVX512_PREFETCH")) o.prefetch = std::strcmp(s, "0") != 0;
   if (const char* s = std::getenv("NB_AVX512_BF16"))
     o.emulate_bf16 = std::strcmp(s, "emulate") == 0;
@@ -136,16 +138,17 @@ const Options& options() {
   return o;
 }
 
+namespace {
+
+/// The value of a switch: `automatic` leaves the decision to the rule.
+bool decide(Options::Switch s, bool rule) {
+  return s == Options::Switch::always || (s == Options::Switch::automatic && rule);
+}
+
+}  // namespace
+
 bool use_streaming(std::uint64_t footprint_bytes) {
-  switch (options().streaming) {
-    case Options::Streaming::always:
-      return true;
-    case Options::Streaming::never:
-      return false;
-    case Options::Streaming::automatic:
-      break;
-  }
-  return footprint_bytes > streaming_cache_bytes();
+  return decide(options().streaming, footprint_bytes > streaming_cache_bytes());
 }
 
 std::uint64_t streaming_cache_bytes() {
@@ -157,15 +160,7 @@ std::uint64_t streaming_cache_bytes() {
 
 bool split_channels(std::uint64_t unit_bytes, int64_t channels, int threads) {
   if (threads < 2 || channels < threads) return false;
-  switch (options().split) {
-    case Options::Streaming::always:
-      return true;
-    case Options::Streaming::never:
-      return false;
-    case Options::Streaming::automatic:
-      break;
-  }
-  return unit_bytes > machine().l2_bytes / 2;
+  return decide(options().split, unit_bytes > machine().l2_bytes / 2);
 }
 
 bool prefetch_next_unit(std::uint64_t unit_bytes, int threads) {
