@@ -60,8 +60,9 @@ bool prefetch_next_unit(std::uint64_t unit_bytes, int threads);
 /// channel's x and dy (unit_bytes) exceed half the L2, so that a channel and the prefetched next
 /// one cannot both stay in L2 and the dx pass would re-read the slice from the last-level cache,
 /// which serves one core at about 20-23 GB/s on the Intel hosts against 144 GB/s from L2
-/// (measured). Split, each thread's part of a channel stays in L2 beside its prefetched part of
-/// the next channel, at the cost of two barriers per channel. Needs channels >= threads > 1.
+/// (measured). Split, each thread's part of a channel stays in L2 for the dx pass, at the cost
+/// of two barriers per channel and of the next-channel prefetch (which, beside the part, evicted
+/// it). Needs channels >= threads > 1.
 bool split_channels(std::uint64_t unit_bytes, int64_t channels, int threads);
 
 /// Training-mode backward of any method and layout in fp64, serially (degenerate.cpp): for
