@@ -555,24 +555,21 @@ NB_AVX512_INLINE void channel_deviation_pass(const T* xb, int64_t nr, const Chan
   pat.fold(s.acc2.data(), s.sum2.data());
 }
 
-/// Merges the per-channel moments of `rows` rows of the row-major (rows, C) block at x into out,
-/// with strided_moments' algorithm (simd.hpp) channel by channel: blocks of rows_per_block rows,
-/// the corrected two-pass formula around exact centers, Chan's merge (double) across blocks. The
-/// centers of a block come from the running means (later blocks) or `hint` (the previous
+/// Merges the per-channel moments of the nr rows (at most rows_per_block, L2-resident for the
+/// second pass) of the row-major (nr, C) block at xb into out: the corrected two-pass formula
+/// around exact centers, then Chan's merge (double). The centers come from out's running means
+/// (after its first block) or `hint` (the previous
 /// sample's moments, first block) with the second pass verified per channel (redone around the
 /// block means if any channel's mean is more than kMaxCenterOffset standard deviations from its
 /// center), else from a first pass (sum of x - shift, shift = the block's first row).
 template <class T>
-NB_AVX512 void accumulate_channel_moments(const T* x, int64_t rows, const ChannelPattern& pat,
-                                          ChannelScratch& s, ChannelMoments& out, Prefetcher& pf,
-                                          const ChannelMoments* hint = nullptr) {
-  const int64_t C = pat.channels, block_rows = rows_per_block<T>(pat),
-                step_rows = rows_per_advance<T>(pat);
+NB_AVX512 void accumulate_moment_block(const T* xb, int64_t nr, const ChannelPattern& pat,
+                                       ChannelScratch& s, ChannelMoments& out, Prefetcher& pf,
+                                       const ChannelMoments* hint) {
+  const int64_t C = pat.channels, step_rows = rows_per_advance<T>(pat);
   float* center = s.per_channel.data();
-  for (int64_t r0 = 0; r0 < rows; r0 += block_rows) {
-    const int64_t nr = std::min(block_rows, rows - r0);
+  {
     const double count = static_cast<double>(nr), inv_count = 1.0 / count;
-    const T* xb = x + r0 * C;
     const ChannelMoments* estimate = out.count > 0 ? &out : hint;
     if (estimate) {
       estimated_centers(estimate->mean.data(), estimate->m2.data(), estimate->count, C, center);
@@ -625,6 +622,19 @@ NB_AVX512 void accumulate_channel_moments(const T* x, int64_t rows, const Channe
     }
     out.count += count;
   }
+}
+
+/// Merges the per-channel moments of `rows` rows of the row-major (rows, C) block at x into out,
+/// with strided_moments' algorithm (simd.hpp) channel by channel: blocks of rows_per_block rows
+/// (accumulate_moment_block), Chan's merge (double) across blocks.
+template <class T>
+NB_AVX512 void accumulate_channel_moments(const T* x, int64_t rows, const ChannelPattern& pat,
+                                          ChannelScratch& s, ChannelMoments& out, Prefetcher& pf,
+                                          const ChannelMoments* hint = nullptr) {
+  const int64_t block_rows = rows_per_block<T>(pat);
+  for (int64_t r0 = 0; r0 < rows; r0 += block_rows)
+    accumulate_moment_block(x + r0 * pat.channels, std::min(block_rows, rows - r0), pat, s, out,
+                            pf, hint);
 }
 
 /// Passes accumulate_channel_moments makes over `rows` rows (for Prefetcher::pace).

@@ -298,6 +298,14 @@ NB_AVX512 void nhwc_write_sample(const T* x, T* y, int64_t n, const ChannelPatte
   write_span(y, n, stream, op, pf);
 }
 
+/// Samples n0 .. n1-1 of one thread, software-pipelined across samples: y of sample n is written
+/// one block of rows_per_block rows at a time (x from the last-level cache: a sample of more than
+/// the L2 was evicted since its statistics), and after each block the statistics of the same rows
+/// of sample n+1 are accumulated (accumulate_moment_block), their lines prefetched into L2 while
+/// the block of y was written. The DRAM reads of sample n+1 thus overlap the streaming writes of
+/// sample n, and the two statistics passes over a block read L2 rather than the LLC. The blocks
+/// are those of accumulate_channel_moments and the hint the previous sample's moments, as in the
+/// unpipelined order: the statistics are the same bits.
 template <class T>
 NB_AVX512 void nhwc_forward_samples(const Problem& p, const KernelArgs& a, int64_t n0, int64_t n1,
                                     bool stream, bool prefetch) {
@@ -307,18 +315,24 @@ NB_AVX512 void nhwc_forward_samples(const Problem& p, const KernelArgs& a, int64
   ChannelScratch scratch(pat);
   WritePatterns w(pat);
   std::vector<float> tmp(gr.c);
-  const int64_t block = gr.s * gr.c;
-  ChannelMoments previous(gr.c);  // sample n-1: centers sample n's first block
+  const int64_t block = gr.s * gr.c, block_rows = rows_per_block<T>(pat);
+  ChannelMoments cm(gr.c), next(gr.c);
+  Prefetcher none;
+  if (n0 < n1) accumulate_channel_moments(t.x + n0 * block, gr.s, pat, scratch, cm, none);
   for (int64_t n = n0; n < n1; ++n) {
-    Prefetcher pf;  // sample n+1, over the passes of sample n (statistics, then y)
-    pf.pace(channel_moment_passes<T>(pat, gr.s, previous.count > 0) + 1);
-    if (prefetch && n + 1 < n1) pf.add(t.x + (n + 1) * block, 1, block * sizeof(T), 0);
-    ChannelMoments cm(gr.c);
-    accumulate_channel_moments(t.x + n * block, gr.s, pat, scratch, cm, pf,
-                               previous.count > 0 ? &previous : nullptr);
-    previous = cm;
     nhwc_sample_stats(p, a, gr, n, cm, pat, w, tmp, true);
-    nhwc_write_sample(t.x + n * block, t.y + n * block, block, pat, w, stream, pf);
+    const bool more = n + 1 < n1;
+    const T* x_next = t.x + (n + 1) * block;
+    next = ChannelMoments(gr.c);
+    for (int64_t r0 = 0; r0 < gr.s; r0 += block_rows) {
+      const int64_t nr = std::min(block_rows, gr.s - r0), offset = r0 * gr.c;
+      Prefetcher pf;  // the same rows of sample n+1, one line per line of y
+      if (prefetch && more) pf.add(x_next + offset, 1, nr * gr.c * sizeof(T), 0);
+      nhwc_write_sample(t.x + n * block + offset, t.y + n * block + offset, nr * gr.c, pat, w,
+                        stream, pf);
+      if (more) accumulate_moment_block(x_next + offset, nr, pat, scratch, next, none, &cm);
+    }
+    std::swap(cm, next);
   }
   end_streaming(stream);
 }
@@ -352,7 +366,7 @@ void nhwc_forward(const Problem& p, const KernelArgs& a) {
   const ChannelPattern pat(gr.c);
   const int threads = thread_budget(p.numel());
   const bool stream = use_streaming(2 * p.numel() * sizeof(T));
-  const bool prefetch = prefetch_next_unit(gr.s * gr.c * sizeof(T), threads);
+  const bool prefetch = options().prefetch;
   std::vector<ChannelMoments> partial(threads, ChannelMoments(gr.c));
 #pragma omp parallel num_threads(threads)
   {
@@ -410,6 +424,11 @@ NB_AVX512 void nhwc_write_sample_dx(const T* x, const T* dy, T* dx, int64_t n,
   write_span(dx, n, stream, op, pf);
 }
 
+/// Samples n0 .. n1-1 of one thread, pipelined like nhwc_forward_samples: dx of sample n is
+/// written in blocks of whole fold periods (rows_per_fold) near rows_per_block rows, each followed
+/// by the sums of the same rows of sample n+1, whose x and dy were prefetched into L2 while the
+/// block of dx was written. Blocks are multiples of the fold period, so the sums are the same bits
+/// as in one call over the sample.
 template <class T>
 NB_AVX512 void nhwc_backward_samples(const Problem& p, const KernelArgs& a, int64_t n0, int64_t n1,
                                      ParamPartials& pp, bool stream, bool prefetch) {
@@ -417,25 +436,41 @@ NB_AVX512 void nhwc_backward_samples(const Problem& p, const KernelArgs& a, int6
   const Groups gr(p);
   const ChannelPattern pat(gr.c);
   ChannelScratch scratch(pat);
-  WritePatterns w(pat);
+  WritePatterns w(pat), w_next(pat);
   std::vector<float> tmp(gr.c);
-  std::vector<double> sum_dy(gr.c), sum_dyx(gr.c);
-  const int64_t block = gr.s * gr.c;
+  std::vector<double> sum_dy(gr.c), sum_dyx(gr.c), next_dy(gr.c), next_dyx(gr.c);
+  const int64_t block = gr.s * gr.c, fold_rows = rows_per_fold(pat);
+  const int64_t block_rows = std::max<int64_t>(1, rows_per_block<T>(pat) / fold_rows) * fold_rows;
+  Prefetcher none;
+  if (n0 < n1) {
+    nhwc_mean_pattern(a, gr, n0, pat, w, tmp);
+    accumulate_channel_backward(t.x + n0 * block, t.dy + n0 * block, gr.s, w.p[0].data(), pat,
+                                scratch, sum_dy.data(), sum_dyx.data(), none);
+  }
   for (int64_t n = n0; n < n1; ++n) {
-    nhwc_mean_pattern(a, gr, n, pat, w, tmp);
-    std::fill(sum_dy.begin(), sum_dy.end(), 0.0);
-    std::fill(sum_dyx.begin(), sum_dyx.end(), 0.0);
-    Prefetcher pf;  // sample n+1, over the 2 passes of sample n
-    pf.pace(2);
-    if (prefetch && n + 1 < n1) {
-      pf.add(t.x + (n + 1) * block, 1, block * sizeof(T), 0);
-      pf.add(t.dy + (n + 1) * block, 1, block * sizeof(T), 0);
-    }
-    accumulate_channel_backward(t.x + n * block, t.dy + n * block, gr.s, w.p[0].data(), pat,
-                                scratch, sum_dy.data(), sum_dyx.data(), pf);
     nhwc_sample_backward(a, gr, n, sum_dy.data(), sum_dyx.data(), pat, w, tmp, pp, true);
-    nhwc_write_sample_dx(t.x + n * block, t.dy + n * block, t.dx + n * block, block, pat, w, stream,
-                         pf);
+    const bool more = n + 1 < n1;
+    const int64_t next_base = (n + 1) * block;
+    if (more) nhwc_mean_pattern(a, gr, n + 1, pat, w_next, tmp);
+    std::fill(next_dy.begin(), next_dy.end(), 0.0);
+    std::fill(next_dyx.begin(), next_dyx.end(), 0.0);
+    for (int64_t r0 = 0; r0 < gr.s; r0 += block_rows) {
+      const int64_t nr = std::min(block_rows, gr.s - r0), offset = r0 * gr.c;
+      const int64_t here = n * block + offset;
+      Prefetcher pf;  // x and dy of the same rows of sample n+1, a line of each per line of dx
+      if (prefetch && more) {
+        pf.add(t.x + next_base + offset, 1, nr * gr.c * sizeof(T), 0);
+        pf.add(t.dy + next_base + offset, 1, nr * gr.c * sizeof(T), 0);
+      }
+      nhwc_write_sample_dx(t.x + here, t.dy + here, t.dx + here, nr * gr.c, pat, w, stream, pf);
+      if (more)
+        accumulate_channel_backward(t.x + next_base + offset, t.dy + next_base + offset, nr,
+                                    w_next.p[0].data(), pat, scratch, next_dy.data(),
+                                    next_dyx.data(), none);
+    }
+    std::swap(w, w_next);
+    std::swap(sum_dy, next_dy);
+    std::swap(sum_dyx, next_dyx);
   }
   end_streaming(stream);
 }
@@ -472,7 +507,7 @@ void nhwc_backward(const Problem& p, const KernelArgs& a) {
   const ChannelPattern pat(gr.c);
   const int threads = thread_budget(p.numel());
   const bool stream = use_streaming(3 * p.numel() * sizeof(T));
-  const bool prefetch = prefetch_next_unit(2 * gr.s * gr.c * sizeof(T), threads);
+  const bool prefetch = options().prefetch;
   std::vector<ParamPartials> pp(threads, ParamPartials(gr.c));
   std::vector<std::vector<double>> sum_dy(threads), sum_dyx(threads);
 #pragma omp parallel num_threads(threads)
