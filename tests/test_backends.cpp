@@ -116,13 +116,14 @@ TEST_P(BackendAgreement, MatchesReferenceOnAwkwardShapes) {
 /// units that do not divide between 2 threads (C = 5, N = 3, N*C = 15, T = 33), so the threaded
 /// paths run: whole units per thread, the leftover units split between the threads with merged
 /// partials, and (with NB_AVX512_SPLIT=always, CTest avx512_forced_paths) every BatchNorm NCHW
-/// backward channel split. The second GroupNorm/InstanceNorm shape gives each of 2 threads two
-/// samples of more than one reduction block (avx512: 128 KiB of x, in every dtype), so the NHWC
-/// pipeline that writes sample n while accumulating sample n+1 block by block runs.
+/// backward channel split. The later shapes give each of 2 threads two units (BatchNorm NCHW
+/// channels, GroupNorm/InstanceNorm NHWC samples) of more than one pipeline chunk (avx512: 128 KiB
+/// of x, in every dtype), so the pipelines that write unit u while reducing unit u+1 chunk by chunk
+/// run; n2c5h200w200 has H*W above the f32 chunk (chunks are pieces of one segment).
 std::vector<std::string> threaded_shapes_for(Method m) {
   switch (m) {
     case Method::batchnorm:
-      return {"n3c5h53w53"};
+      return {"n3c5h53w53", "n5c5h120w120", "n2c5h200w200"};
     case Method::instancenorm:
       return {"n3c5h53w53", "n5c5h120w120"};
     case Method::layernorm:

@@ -3,19 +3,22 @@
 // unbiased into running_var; backward in training mode from the saved mean/invstd).
 //
 // NCHW: the reduction unit is a channel's N x H x W slice (N segments of H*W elements, C*H*W
-// apart), read from DRAM once: each thread takes whole channels; a channel's statistics come from
-// blocks of 16 KiB (two passes per L1-resident block, Chan merge between blocks), then the slice
-// is normalised while it is still in L2/L3 and y leaves with non-temporal stores; the next
-// channel's slice is prefetched in step with these three passes, so its DRAM reads overlap both
-// this channel's cache-resident statistics and its streaming writes. The backward takes sum(dy)
-// and sum(dy * (x - mean)) in one pass over the slice, then writes dx from the cached slice. The
-// channels left over when C is not a multiple of the thread count (all of them when C < threads)
-// are split between the threads, whose partial moments/sums are merged after a barrier. The
-// backward splits every channel that way when a channel's x and dy exceed half the L2
-// (split_channels in kernels.hpp), with no software prefetch: each thread's part stays in L2 for
-// the dx pass (measured on the Intel hosts, f32 n64c256h64w64: 0.44-0.47 -> 0.55-0.63 of the
-// paired non-temporal copy; prefetching the next channel's part beside it, over both passes or
-// over the dx pass only, evicted the current part and fell back to 0.47-0.51).
+// apart), read from DRAM once. A channel's statistics come from blocks of 16 KiB (two passes per
+// L1-resident block, Chan merge between blocks); the backward takes sum(dy) and
+// sum(dy * (x - mean)) in one pass. Channels are software-pipelined: y (dx) of channel c is
+// written with non-temporal stores one 128 KiB chunk at a time from the L2-resident slice, and
+// after each chunk the same chunk of channel c+1, prefetched into L2 while that chunk was written,
+// is reduced; so the DRAM reads of c+1 overlap the streaming writes of c. Each thread takes whole
+// channels, or, when a channel's x (and dy) fill half the L2 or more, every channel is split
+// between the threads with one barrier per channel to merge the parts' moments/sums
+// (split_channels in kernels.hpp, with the measurements that chose the rule). Measured on the
+// Intel hosts (2 threads, n64c256h64w64, interleaved with the previous code, fraction of the
+// paired non-temporal copy): forward f32 0.56 -> 0.72-0.77, bf16 0.65-0.68 -> 0.72-0.75, f16
+// 0.67-0.69 -> 0.72-0.73; backward bf16 0.44-0.49 -> 0.62-0.64 (f32 0.58 either way: it was
+// split before). The previous code prefetched the whole next slice over the passes of the current
+// one, so two slices competed for L2. The channels left over when C is not a multiple of the
+// thread count (all of them when C < threads) are split between the threads, whose partial
+// moments/sums are merged after a barrier.
 // Inference: y = (x - running_mean) * a + beta with a = gamma / sqrt(running_var + eps), one
 // streaming pass split evenly over the threads.
 // NHWC, and NCHW with H*W = 1 (the same memory): every row holds every channel, so the unit is the
@@ -108,23 +111,48 @@ NB_AVX512 void write_channel_dx(const T* x, const T* dy, T* dx, const Slices& g,
   }
 }
 
-/// Training forward of whole channels [c0, c1) by one thread: statistics, then y from the cached
-/// slice while the next slice is prefetched.
+/// Training forward of whole channels [c0, c1) by one thread, software-pipelined across channels:
+/// y of channel c is written one chunk (UnitChunks, kPipelineChunk) at a time, each followed by the
+/// moments of the same chunk of channel c+1, whose lines were prefetched into L2 while the chunk of
+/// y was written; the chunk moments are merged with Chan's update. So the DRAM reads of c+1
+/// overlap the streaming writes of c, its statistics read L2, and in L2 only about one slice lives
+/// at a time (each written chunk of c dies as a chunk of c+1 arrives).
 template <class T>
 NB_AVX512 void nchw_train_channels(const Problem& p, const KernelArgs& a, int64_t c0, int64_t c1,
+                                   Range r, bool split, std::vector<Moments> (&partial)[2],
                                    bool stream, bool prefetch) {
   const Typed<T> t(a);
   const Slices g(p);
-  CenterHint hint;  // the previous channel's statistics center this one's first block
+  const UnitChunks chunks(g.s, kPipelineChunk<T>);
+  const int me = split ? omp_get_thread_num() : 0, nt = split ? omp_get_num_threads() : 1;
+  Prefetcher none;
+  // The moments of channel c (this thread's part merged with the others' when split).
+  auto merged = [&](int64_t c, const Moments& mine) {
+    if (!split) return mine;
+    partial[c % 2][me] = mine;
+#pragma omp barrier
+    Moments m;
+    for (int i = 0; i < nt; ++i) m.merge(partial[c % 2][i]);
+    return m;
+  };
+  Moments m;
+  if (c0 < c1) m = merged(c0, strided_moments(t.x + c0 * g.s, g.s, g.stride, r.begin, r.end, none));
   for (int64_t c = c0; c < c1; ++c) {
-    Prefetcher pf;  // channel c+1, over the passes of channel c (statistics, then y)
-    pf.pace(moment_passes<T>(g.length, hint.valid) + 1);
-    if (prefetch && c + 1 < c1)
-      pf.add(t.x + (c + 1) * g.s, p.n, g.s * sizeof(T), g.stride * sizeof(T));
-    const Moments m = strided_moments(t.x + c * g.s, g.s, g.stride, 0, g.length, pf, hint);
-    hint = CenterHint::of(m);
-    const ChannelAffine f = train_affine(p, a, c, m, true);
-    write_channel(t.x + c * g.s, t.y + c * g.s, g, 0, g.length, f, stream, pf);
+    const ChannelAffine f = train_affine(p, a, c, m, me == 0);
+    const CenterHint hint = CenterHint::of(m);  // centers channel c+1's first chunk
+    const bool more = c + 1 < c1;
+    const T* x_next = t.x + (c + 1) * g.s;
+    Moments next;
+    for (int64_t b = r.begin, e; b < r.end; b = e) {
+      e = chunks.end(b, r.end);
+      Prefetcher pf;  // the same chunk of channel c+1, a line per line of y
+      if (prefetch && more) chunks.prefetch(pf, x_next, b, e, g.stride);
+      write_channel(t.x + c * g.s, t.y + c * g.s, g, b, e, f, stream, pf);
+      if (more)
+        next.merge(strided_moments(x_next, g.s, g.stride, b, e, none,
+                                   next.count > 0 ? CenterHint::of(next) : hint));
+    }
+    if (more) m = merged(c + 1, next);
   }
   end_streaming(stream);
 }
@@ -151,22 +179,29 @@ void nchw_train(const Problem& p, const KernelArgs& a) {
   const int64_t length = p.n * p.spatial();
   const int threads = thread_budget(p.numel());
   const bool stream = use_streaming(2 * p.numel() * sizeof(T));
-  const bool prefetch = prefetch_next_unit(length * sizeof(T), threads);
-  std::vector<Moments> partial(threads);
+  const bool prefetch = options().prefetch;
+  const bool split = split_channels(length * sizeof(T), p.c, threads);
+  std::vector<Moments> partial[2] = {std::vector<Moments>(threads), std::vector<Moments>(threads)};
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t per_thread = p.c / nt;
-    nchw_train_channels<T>(p, a, t * per_thread, (t + 1) * per_thread, stream, prefetch);
-    for (int64_t c = per_thread * nt; c < p.c; ++c) {  // leftover channels: split each
+    if (split) {
+      nchw_train_channels<T>(p, a, 0, p.c, split_range(length, t, nt), true, partial, stream,
+                             prefetch);
+    } else {
+      const int64_t per_thread = p.c / nt;
+      nchw_train_channels<T>(p, a, t * per_thread, (t + 1) * per_thread, {0, length}, false,
+                             partial, stream, prefetch);
       const Range r = split_range(length, t, nt);
-      partial[t] = nchw_channel_moments<T>(p, a, c, r);
+      for (int64_t c = per_thread * nt; c < p.c; ++c) {  // leftover channels: split each
+        partial[0][t] = nchw_channel_moments<T>(p, a, c, r);
 #pragma omp barrier
-      Moments m;
-      for (int i = 0; i < nt; ++i) m.merge(partial[i]);
-      const ChannelAffine f = train_affine(p, a, c, m, t == 0);
-      nchw_write_channel<T>(p, a, c, r, f, stream);
+        Moments m;
+        for (int i = 0; i < nt; ++i) m.merge(partial[0][i]);
+        const ChannelAffine f = train_affine(p, a, c, m, t == 0);
+        nchw_write_channel<T>(p, a, c, r, f, stream);
 #pragma omp barrier
+      }
     }
   }
 }
@@ -196,25 +231,54 @@ void nchw_infer(const Problem& p, const KernelArgs& a) {
                       stream);
 }
 
-/// Backward of whole channels [c0, c1) by one thread: the two sums over the slice, dgamma/dbeta,
-/// then dx from the cached slice while the next channel's x and dy are prefetched.
+/// Backward of channels [c0, c1), elements r of each, pipelined like nchw_train_channels: dx of
+/// channel c is written one chunk at a time, each followed by the sums of the same chunk of
+/// channel c+1, whose x and dy were prefetched into L2 while the chunk of dx was written. With
+/// `split` every thread runs this on its part r of the same channels; the parts' sums are merged
+/// through partial[c % 2][thread] after one barrier per channel (double-buffered: a thread may
+/// write channel c+1's partials while another still reads channel c's), and thread 0 writes
+/// dgamma/dbeta. Without, r is the whole channel and the thread owns the channels.
 template <class T>
 NB_AVX512 void nchw_backward_channels(const Problem& p, const KernelArgs& a, int64_t c0, int64_t c1,
+                                      Range r, bool split, std::vector<BackwardSums> (&partial)[2],
                                       bool stream, bool prefetch) {
   const Typed<T> t(a);
   const Slices g(p);
+  const UnitChunks chunks(g.s, kPipelineChunk<T>);
+  const int me = split ? omp_get_thread_num() : 0, nt = split ? omp_get_num_threads() : 1;
+  Prefetcher none;
+  // The sums of channel c (this thread's part merged with the others' when split).
+  auto merged = [&](int64_t c, const BackwardSums& mine) {
+    if (!split) return mine;
+    partial[c % 2][me] = mine;
+#pragma omp barrier
+    BackwardSums s;
+    for (int i = 0; i < nt; ++i) s.add(partial[c % 2][i]);
+    return s;
+  };
+  BackwardSums sums;
+  if (c0 < c1)
+    sums = merged(c0, strided_backward_sums(t.x + c0 * g.s, t.dy + c0 * g.s, g.s, g.stride, r.begin,
+                                            r.end, a.mean[c0], none));
   for (int64_t c = c0; c < c1; ++c) {
-    const int64_t base = c * g.s;
-    Prefetcher pf;  // channel c+1, over the 2 passes of channel c
-    pf.pace(2);
-    if (prefetch && c + 1 < c1) {
-      pf.add(t.x + base + g.s, p.n, g.s * sizeof(T), g.stride * sizeof(T));
-      pf.add(t.dy + base + g.s, p.n, g.s * sizeof(T), g.stride * sizeof(T));
+    const int64_t base = c * g.s, next_base = base + g.s;
+    const ChannelBackward b =
+        backward_coefficients(a, c, sums, static_cast<double>(g.length), me == 0);
+    const bool more = c + 1 < c1;
+    BackwardSums next;
+    for (int64_t i = r.begin, e; i < r.end; i = e) {
+      e = chunks.end(i, r.end);
+      Prefetcher pf;  // x and dy of the same chunk of channel c+1, a line of each per line of dx
+      if (prefetch && more) {
+        chunks.prefetch(pf, t.x + next_base, i, e, g.stride);
+        chunks.prefetch(pf, t.dy + next_base, i, e, g.stride);
+      }
+      write_channel_dx(t.x + base, t.dy + base, t.dx + base, g, i, e, b, stream, pf);
+      if (more)
+        next.add(strided_backward_sums(t.x + next_base, t.dy + next_base, g.s, g.stride, i, e,
+                                       a.mean[c + 1], none));
     }
-    const BackwardSums s =
-        strided_backward_sums(t.x + base, t.dy + base, g.s, g.stride, 0, g.length, a.mean[c], pf);
-    const ChannelBackward b = backward_coefficients(a, c, s, static_cast<double>(g.length), true);
-    write_channel_dx(t.x + base, t.dy + base, t.dx + base, g, 0, g.length, b, stream, pf);
+    if (more) sums = merged(c + 1, next);
   }
   end_streaming(stream);
 }
@@ -245,23 +309,31 @@ void nchw_backward(const Problem& p, const KernelArgs& a) {
   const int64_t length = p.n * p.spatial();
   const int threads = thread_budget(p.numel());
   const bool stream = use_streaming(3 * p.numel() * sizeof(T));
-  const bool prefetch = prefetch_next_unit(2 * length * sizeof(T), threads);
+  const bool prefetch = options().prefetch;
   const bool split = split_channels(2 * length * sizeof(T), p.c, threads);
-  std::vector<BackwardSums> partial(threads);
+  std::vector<BackwardSums> partial[2] = {std::vector<BackwardSums>(threads),
+                                          std::vector<BackwardSums>(threads)};
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t per_thread = split ? 0 : p.c / nt;
-    nchw_backward_channels<T>(p, a, t * per_thread, (t + 1) * per_thread, stream, prefetch);
-    const Range r = split_range(length, t, nt);
-    for (int64_t c = per_thread * nt; c < p.c; ++c) {  // leftover (or all) channels: split each
-      partial[t] = nchw_channel_backward_sums<T>(p, a, c, r);
+    if (split) {
+      nchw_backward_channels<T>(p, a, 0, p.c, split_range(length, t, nt), true, partial, stream,
+                                prefetch);
+    } else {
+      const int64_t per_thread = p.c / nt;
+      nchw_backward_channels<T>(p, a, t * per_thread, (t + 1) * per_thread, {0, length}, false,
+                                partial, stream, prefetch);
+      const Range r = split_range(length, t, nt);
+      for (int64_t c = per_thread * nt; c < p.c; ++c) {  // leftover channels: split each
+        partial[0][t] = nchw_channel_backward_sums<T>(p, a, c, r);
 #pragma omp barrier
-      BackwardSums s;
-      for (int i = 0; i < nt; ++i) s.add(partial[i]);
-      const ChannelBackward b = backward_coefficients(a, c, s, static_cast<double>(length), t == 0);
-      nchw_write_channel_dx<T>(p, a, c, r, b, stream);
+        BackwardSums s;
+        for (int i = 0; i < nt; ++i) s.add(partial[0][i]);
+        const ChannelBackward b =
+            backward_coefficients(a, c, s, static_cast<double>(length), t == 0);
+        nchw_write_channel_dx<T>(p, a, c, r, b, stream);
 #pragma omp barrier
+      }
     }
   }
 }

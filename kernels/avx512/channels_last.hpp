@@ -633,8 +633,8 @@ NB_AVX512 void accumulate_channel_moments(const T* x, int64_t rows, const Channe
                                           const ChannelMoments* hint = nullptr) {
   const int64_t block_rows = rows_per_block<T>(pat);
   for (int64_t r0 = 0; r0 < rows; r0 += block_rows)
-    accumulate_moment_block(x + r0 * pat.channels, std::min(block_rows, rows - r0), pat, s, out,
-                            pf, hint);
+    accumulate_moment_block(x + r0 * pat.channels, std::min(block_rows, rows - r0), pat, s, out, pf,
+                            hint);
 }
 
 /// Passes accumulate_channel_moments makes over `rows` rows (for Prefetcher::pace).

@@ -84,10 +84,11 @@ std::string describe(const Problem& p) {
   const bool stream = use_streaming((p.pass == Pass::bwd ? 3 : 2) * numel * e);
   std::string s = fmt::format("streaming_stores={} prefetch_next_unit={}", stream ? "yes" : "no",
                               options().prefetch ? "on" : "off");
-  if (p.method == Method::batchnorm && p.pass == Pass::bwd && p.layout == Layout::nchw &&
+  if (p.method == Method::batchnorm && p.pass != Pass::fwd_infer && p.layout == Layout::nchw &&
       p.spatial() > 1) {
     const int threads = p.numel() >= kParallelMinElements ? std::max(1, omp_get_max_threads()) : 1;
-    const std::uint64_t unit = 2 * static_cast<std::uint64_t>(p.n * p.spatial()) * e;
+    const std::uint64_t unit =
+        (p.pass == Pass::bwd ? 2 : 1) * static_cast<std::uint64_t>(p.n * p.spatial()) * e;
     s += split_channels(unit, p.c, threads) ? " split_channels=yes" : " split_channels=no";
   }
   if (p.dtype == DType::bf16)
@@ -160,7 +161,7 @@ std::uint64_t streaming_cache_bytes() {
 
 bool split_channels(std::uint64_t unit_bytes, int64_t channels, int threads) {
   if (threads < 2 || channels < threads) return false;
-  return decide(options().split, unit_bytes > machine().l2_bytes / 2);
+  return decide(options().split, unit_bytes >= machine().l2_bytes / 2);
 }
 
 bool prefetch_next_unit(std::uint64_t unit_bytes, int threads) {

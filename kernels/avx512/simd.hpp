@@ -395,6 +395,38 @@ struct Pieces {
   }
 };
 
+/// The chunks of a strided unit (Pieces' indexing) for the software pipelines that write unit u
+/// one chunk at a time while reducing the same chunk of unit u+1, prefetched during the write:
+/// about `target` elements each, whole segments when a segment is at most `target` long (a range
+/// that starts or ends inside a segment gets that piece as a chunk of its own), else pieces of one
+/// segment; so each chunk is one Prefetcher stream.
+struct UnitChunks {
+  int64_t seglen, chunk;
+  UnitChunks(int64_t seglen_, int64_t target)
+      : seglen(seglen_), chunk(seglen_ <= target ? target / seglen_ * seglen_ : target) {}
+  /// End of the chunk that starts at b, for a range that ends at limit.
+  int64_t end(int64_t b, int64_t limit) const {
+    const int64_t boundary = (b / seglen + 1) * seglen;
+    if (seglen > chunk) return std::min({limit, b + chunk, boundary});
+    if (b % seglen != 0) return std::min(limit, boundary);
+    const int64_t e = std::min(limit, b + chunk);
+    return e % seglen != 0 && e - b > seglen ? e / seglen * seglen : e;
+  }
+  /// Adds to pf the lines of the chunk [b, e) of the unit at base, segments stride apart.
+  template <class T>
+  void prefetch(Prefetcher& pf, const T* base, int64_t b, int64_t e, int64_t stride) const {
+    const int64_t seg = b / seglen, off = b - seg * seglen;
+    if (off != 0 || e - b < seglen)
+      pf.add(base + seg * stride + off, 1, (e - b) * sizeof(T), 0);
+    else
+      pf.add(base + seg * stride, (e - b) / seglen, seglen * sizeof(T), stride * sizeof(T));
+  }
+};
+
+/// Elements of x per chunk of those pipelines: 128 KiB (with dy, twice that in L2).
+template <class T>
+inline constexpr int64_t kPipelineChunk = (128 << 10) / sizeof(T);
+
 /// Count, mean and sum of squared deviations (M2) of a set of values, merged with Chan et al.'s
 /// pairwise update (Chan, Golub & LeVeque 1983), all in double.
 struct Moments {
