@@ -119,7 +119,8 @@ TEST_P(BackendAgreement, MatchesReferenceOnAwkwardShapes) {
 /// backward channel split. The later shapes give each of 2 threads two units (BatchNorm NCHW
 /// channels, GroupNorm/InstanceNorm NHWC samples) of more than one pipeline chunk (avx512: 128 KiB
 /// of x, in every dtype), so the pipelines that write unit u while reducing unit u+1 chunk by chunk
-/// run; n2c5h200w200 has H*W above the f32 chunk (chunks are pieces of one segment).
+/// run; n2c5h200w200 has H*W above the f32 chunk (chunks are pieces of one segment), n2c8h150w150g2
+/// GroupNorm NCHW units (n, g) of several chunks.
 std::vector<std::string> threaded_shapes_for(Method m) {
   switch (m) {
     case Method::batchnorm:
@@ -130,7 +131,7 @@ std::vector<std::string> threaded_shapes_for(Method m) {
     case Method::rmsnorm:
       return {"t33d1031"};
     case Method::groupnorm:
-      return {"n3c12h53w53g4", "n5c12h75w75g4"};
+      return {"n3c12h53w53g4", "n5c12h75w75g4", "n2c8h150w150g2"};
   }
   return {};
 }
