@@ -389,8 +389,10 @@ void nhwc_train(const Problem& p, const KernelArgs& a) {
     const Range r = split_range(rows, tid, nt);
     {
       ChannelScratch s(pat);
-      Prefetcher none;  // a streaming pass: the hardware prefetcher suffices
-      accumulate_channel_moments<T>(t.x + r.begin * C, r.end - r.begin, pat, s, partial[tid], none);
+      Prefetcher ahead =
+          rows_ahead<T>(t.x + r.begin * C, nullptr, r.end - r.begin, rows_per_block<T>(pat), pat);
+      accumulate_channel_moments<T>(t.x + r.begin * C, r.end - r.begin, pat, s, partial[tid],
+                                    ahead);
     }
 #pragma omp barrier
     const Range cr = split_range(C, tid, nt);
@@ -436,7 +438,7 @@ void nhwc_backward(const Problem& p, const KernelArgs& a) {
     pat.expand(a.mean, w.p[0].data());
     {
       ChannelScratch s(pat);
-      Prefetcher none;
+      Prefetcher none;  // sequential rows: the hardware prefetcher serves them (see rows_ahead)
       accumulate_channel_backward<T>(t.x + r.begin * C, t.dy + r.begin * C, r.end - r.begin,
                                      w.p[0].data(), pat, s, sum_dy[tid].data(), sum_dyx[tid].data(),
                                      none);

@@ -335,7 +335,10 @@ NB_AVX512 void nhwc_forward_samples(const Problem& p, const KernelArgs& a, int64
   const int64_t block = gr.s * gr.c, block_rows = rows_per_block<T>(pat);
   ChannelMoments cm(gr.c), next(gr.c);
   Prefetcher none;
-  if (n0 < n1) accumulate_channel_moments(t.x + n0 * block, gr.s, pat, scratch, cm, none);
+  if (n0 < n1) {
+    Prefetcher ahead = rows_ahead<T>(t.x + n0 * block, nullptr, gr.s, block_rows, pat);
+    accumulate_channel_moments(t.x + n0 * block, gr.s, pat, scratch, cm, ahead);
+  }
   for (int64_t n = n0; n < n1; ++n) {
     nhwc_sample_stats(p, a, gr, n, cm, pat, w, tmp, true);
     const bool more = n + 1 < n1;
