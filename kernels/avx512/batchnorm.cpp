@@ -390,7 +390,8 @@ void nhwc_train(const Problem& p, const KernelArgs& a) {
     {
       ChannelScratch s(pat);
       Prefetcher ahead =
-          rows_ahead<T>(t.x + r.begin * C, nullptr, r.end - r.begin, rows_per_block<T>(pat), pat);
+          rows_ahead<T>(t.x + r.begin * C, nullptr, r.end - r.begin, rows_per_block<T>(pat), pat,
+                        p.numel() * sizeof(T) > streaming_cache_bytes());
       accumulate_channel_moments<T>(t.x + r.begin * C, r.end - r.begin, pat, s, partial[tid],
                                     ahead);
     }

@@ -124,12 +124,13 @@ int64_t rows_per_block(const ChannelPattern& pat) {
 /// 0.73-0.74 of the paired non-temporal copy in bf16, 0.71-0.72 -> 0.82-0.83 in f32. The
 /// backward sums walk whole rows in order, which the hardware prefetcher serves: there the same
 /// prefetch (x and dy) measured slower (bf16 0.72 -> 0.64, f32 0.80-0.81 -> 0.75-0.77), so they
-/// do without. Empty with NB_AVX512_PREFETCH=0.
+/// do without. Empty with NB_AVX512_PREFETCH=0, and unless `from_dram` (the caller's tensor
+/// exceeds streaming_cache_bytes(): a cached tensor gains nothing from the prefetches).
 template <class T>
 Prefetcher rows_ahead(const T* x, const T* dy, int64_t rows, int64_t lead,
-                      const ChannelPattern& pat) {
+                      const ChannelPattern& pat, bool from_dram) {
   Prefetcher pf;
-  if (!options().prefetch || rows <= lead) return pf;
+  if (!from_dram || !options().prefetch || rows <= lead) return pf;
   const int64_t bytes = (rows - lead) * pat.channels * static_cast<int64_t>(sizeof(T));
   pf.add(x + lead * pat.channels, 1, bytes, 0);
   if (dy) pf.add(dy + lead * pat.channels, 1, bytes, 0);

@@ -336,7 +336,8 @@ NB_AVX512 void nhwc_forward_samples(const Problem& p, const KernelArgs& a, int64
   ChannelMoments cm(gr.c), next(gr.c);
   Prefetcher none;
   if (n0 < n1) {
-    Prefetcher ahead = rows_ahead<T>(t.x + n0 * block, nullptr, gr.s, block_rows, pat);
+    Prefetcher ahead = rows_ahead<T>(t.x + n0 * block, nullptr, gr.s, block_rows, pat,
+                                     p.numel() * sizeof(T) > streaming_cache_bytes());
     accumulate_channel_moments(t.x + n0 * block, gr.s, pat, scratch, cm, ahead);
   }
   for (int64_t n = n0; n < n1; ++n) {
