@@ -111,6 +111,21 @@ NB_AVX512 void write_channel_dx(const T* x, const T* dy, T* dx, const Slices& g,
   }
 }
 
+/// The reduction of channel c over all threads' parts of it, for the split pipelines: this
+/// thread's `mine` goes to partial[c % 2][me], one barrier, then every thread combines all parts
+/// (combine(total, part)). Double-buffered by channel parity, so a thread may store channel c+1's
+/// part while another still reads channel c's. Without `split`, returns `mine`.
+template <class S, class Combine>
+S merged_parts(std::vector<S> (&partial)[2], int64_t c, bool split, const S& mine,
+               Combine combine) {
+  if (!split) return mine;
+  partial[c % 2][omp_get_thread_num()] = mine;
+#pragma omp barrier
+  S total;
+  for (int i = 0; i < omp_get_num_threads(); ++i) combine(total, partial[c % 2][i]);
+  return total;
+}
+
 /// Training forward of whole channels [c0, c1) by one thread, software-pipelined across channels:
 /// y of channel c is written one chunk (UnitChunks, kPipelineChunk) at a time, each followed by the
 /// moments of the same chunk of channel c+1, whose lines were prefetched into L2 while the chunk of
@@ -124,16 +139,12 @@ NB_AVX512 void nchw_train_channels(const Problem& p, const KernelArgs& a, int64_
   const Typed<T> t(a);
   const Slices g(p);
   const UnitChunks chunks(g.s, kPipelineChunk<T>);
-  const int me = split ? omp_get_thread_num() : 0, nt = split ? omp_get_num_threads() : 1;
+  const int me = split ? omp_get_thread_num() : 0;
   Prefetcher none;
   // The moments of channel c (this thread's part merged with the others' when split).
   auto merged = [&](int64_t c, const Moments& mine) {
-    if (!split) return mine;
-    partial[c % 2][me] = mine;
-#pragma omp barrier
-    Moments m;
-    for (int i = 0; i < nt; ++i) m.merge(partial[c % 2][i]);
-    return m;
+    return merged_parts(partial, c, split, mine,
+                        [](Moments& total, const Moments& part) { total.merge(part); });
   };
   Moments m;
   if (c0 < c1) m = merged(c0, strided_moments(t.x + c0 * g.s, g.s, g.stride, r.begin, r.end, none));
@@ -245,16 +256,12 @@ NB_AVX512 void nchw_backward_channels(const Problem& p, const KernelArgs& a, int
   const Typed<T> t(a);
   const Slices g(p);
   const UnitChunks chunks(g.s, kPipelineChunk<T>);
-  const int me = split ? omp_get_thread_num() : 0, nt = split ? omp_get_num_threads() : 1;
+  const int me = split ? omp_get_thread_num() : 0;
   Prefetcher none;
-  // The sums of channel c (this thread's part merged with the others' when split).
+  // The sums of channel c (this thread's part added to the others' when split).
   auto merged = [&](int64_t c, const BackwardSums& mine) {
-    if (!split) return mine;
-    partial[c % 2][me] = mine;
-#pragma omp barrier
-    BackwardSums s;
-    for (int i = 0; i < nt; ++i) s.add(partial[c % 2][i]);
-    return s;
+    return merged_parts(partial, c, split, mine,
+                        [](BackwardSums& total, const BackwardSums& part) { total.add(part); });
   };
   BackwardSums sums;
   if (c0 < c1)
