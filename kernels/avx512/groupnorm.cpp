@@ -13,7 +13,8 @@
 // is a sample's (H*W, C) block; vectorised along C with per-channel patterns (channels_last.hpp):
 // per-channel moments (blocked two-pass + Chan), merged per group with Chan, then y; samples are
 // pipelined the same way (y of sample n block by block, each block followed by the statistics of
-// the same rows of sample n+1; the backward likewise). A sample larger than the L2 (8 MiB in f32
+// the same rows of sample n+1; the backward likewise), the blocks in snake order so that a write
+// pass starts on the rows still in L2. A sample larger than the L2 (8 MiB in f32
 // at n32c512h64w64) is still read twice by the core, once from DRAM and once from the last-level
 // cache for the write pass. Units left over when N*G (NCHW) or N (NHWC) is not a multiple of the
 // thread count are split between the threads and their partials merged after a barrier.
@@ -321,8 +322,11 @@ NB_AVX512 void nhwc_write_sample(const T* x, T* y, int64_t n, const ChannelPatte
 /// of sample n+1 are accumulated (accumulate_moment_block), their lines prefetched into L2 while
 /// the block of y was written. The DRAM reads of sample n+1 thus overlap the streaming writes of
 /// sample n, and the two statistics passes over a block read L2 rather than the LLC. The blocks
-/// are those of accumulate_channel_moments and the hint the previous sample's moments, as in the
-/// unpipelined order: the statistics are the same bits.
+/// are those of accumulate_channel_moments and the hint the previous sample's moments. The blocks
+/// go up and down the rows in turn (snake order): a sample's write pass starts with the blocks
+/// its statistics read last, some of which are still in L2 rather than only in the LLC (measured
+/// on the Intel hosts, f32 n32c512h64w64g32, 2 threads, interleaved runs: 19.7-20.0 ms -> 19.2-19.8
+/// ms, 0.55-0.58 -> 0.57-0.61 of the paired non-temporal copy; bf16 within noise, +0-2 %).
 template <class T>
 NB_AVX512 void nhwc_forward_samples(const Problem& p, const KernelArgs& a, int64_t n0, int64_t n1,
                                     bool stream, bool prefetch) {
@@ -333,6 +337,7 @@ NB_AVX512 void nhwc_forward_samples(const Problem& p, const KernelArgs& a, int64
   WritePatterns w(pat);
   std::vector<float> tmp(gr.c);
   const int64_t block = gr.s * gr.c, block_rows = rows_per_block<T>(pat);
+  const int64_t nblocks = (gr.s + block_rows - 1) / block_rows;
   ChannelMoments cm(gr.c), next(gr.c);
   Prefetcher none;
   if (n0 < n1) {
@@ -345,7 +350,9 @@ NB_AVX512 void nhwc_forward_samples(const Problem& p, const KernelArgs& a, int64
     const bool more = n + 1 < n1;
     const T* x_next = t.x + (n + 1) * block;
     next = ChannelMoments(gr.c);
-    for (int64_t r0 = 0; r0 < gr.s; r0 += block_rows) {
+    const bool down = (n - n0) % 2 != 0;  // snake order: see the comment above
+    for (int64_t k = 0; k < nblocks; ++k) {
+      const int64_t r0 = (down ? k : nblocks - 1 - k) * block_rows;
       const int64_t nr = std::min(block_rows, gr.s - r0), offset = r0 * gr.c;
       Prefetcher pf;  // the same rows of sample n+1, one line per line of y
       if (prefetch && more) pf.add(x_next + offset, 1, nr * gr.c * sizeof(T), 0);
@@ -448,8 +455,7 @@ NB_AVX512 void nhwc_write_sample_dx(const T* x, const T* dy, T* dx, int64_t n,
 /// Samples n0 .. n1-1 of one thread, pipelined like nhwc_forward_samples: dx of sample n is
 /// written in blocks of whole fold periods (rows_per_fold) near rows_per_block rows, each followed
 /// by the sums of the same rows of sample n+1, whose x and dy were prefetched into L2 while the
-/// block of dx was written. Blocks are multiples of the fold period, so the sums are the same bits
-/// as in one call over the sample.
+/// block of dx was written, in snake order as there. Blocks are multiples of the fold period.
 template <class T>
 NB_AVX512 void nhwc_backward_samples(const Problem& p, const KernelArgs& a, int64_t n0, int64_t n1,
                                      ParamPartials& pp, bool stream, bool prefetch) {
@@ -462,6 +468,7 @@ NB_AVX512 void nhwc_backward_samples(const Problem& p, const KernelArgs& a, int6
   std::vector<double> sum_dy(gr.c), sum_dyx(gr.c), next_dy(gr.c), next_dyx(gr.c);
   const int64_t block = gr.s * gr.c, fold_rows = rows_per_fold(pat);
   const int64_t block_rows = std::max<int64_t>(1, rows_per_block<T>(pat) / fold_rows) * fold_rows;
+  const int64_t nblocks = (gr.s + block_rows - 1) / block_rows;
   Prefetcher none;
   if (n0 < n1) {
     nhwc_mean_pattern(a, gr, n0, pat, w, tmp);
@@ -475,7 +482,9 @@ NB_AVX512 void nhwc_backward_samples(const Problem& p, const KernelArgs& a, int6
     if (more) nhwc_mean_pattern(a, gr, n + 1, pat, w_next, tmp);
     std::fill(next_dy.begin(), next_dy.end(), 0.0);
     std::fill(next_dyx.begin(), next_dyx.end(), 0.0);
-    for (int64_t r0 = 0; r0 < gr.s; r0 += block_rows) {
+    const bool down = (n - n0) % 2 != 0;  // snake order, as in nhwc_forward_samples
+    for (int64_t k = 0; k < nblocks; ++k) {
+      const int64_t r0 = (down ? k : nblocks - 1 - k) * block_rows;
       const int64_t nr = std::min(block_rows, gr.s - r0), offset = r0 * gr.c;
       const int64_t here = n * block + offset;
       Prefetcher pf;  // x and dy of the same rows of sample n+1, a line of each per line of dx
