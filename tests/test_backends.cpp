@@ -117,10 +117,10 @@ TEST_P(BackendAgreement, MatchesReferenceOnAwkwardShapes) {
 /// paths run: whole units per thread, the leftover units split between the threads with merged
 /// partials, and (with NB_AVX512_SPLIT=always, CTest avx512_forced_paths) every BatchNorm NCHW
 /// backward channel split. The later shapes give each of 2 threads two units (BatchNorm NCHW
-/// channels, GroupNorm/InstanceNorm NHWC samples) of more than one pipeline chunk (avx512: 128 KiB
-/// of x, in every dtype), so the pipelines that write unit u while reducing unit u+1 chunk by chunk
-/// run; n2c5h200w200 has H*W above the f32 chunk (chunks are pieces of one segment), n2c8h150w150g2
-/// GroupNorm NCHW units (n, g) of several chunks.
+/// channels, GroupNorm/InstanceNorm NHWC samples) of more than one pipeline chunk (avx512: 16 KiB
+/// of x, 128 KiB NHWC blocks, in every dtype), so the pipelines that write unit u while reducing
+/// unit u+1 chunk by chunk run; n2c5h200w200 has H*W above the f32 chunk (chunks are pieces of one
+/// segment), n2c8h150w150g2 GroupNorm NCHW units (n, g) of several chunks.
 std::vector<std::string> threaded_shapes_for(Method m) {
   switch (m) {
     case Method::batchnorm:

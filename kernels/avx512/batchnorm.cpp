@@ -6,7 +6,7 @@
 // apart), read from DRAM once. A channel's statistics come from blocks of 16 KiB (two passes per
 // L1-resident block, Chan merge between blocks); the backward takes sum(dy) and
 // sum(dy * (x - mean)) in one pass. Channels are software-pipelined: y (dx) of channel c is
-// written with non-temporal stores one 128 KiB chunk at a time from the L2-resident slice, and
+// written with non-temporal stores one 16 KiB chunk at a time from the L2-resident slice, and
 // after each chunk the same chunk of channel c+1, prefetched into L2 while that chunk was written,
 // is reduced; so the DRAM reads of c+1 overlap the streaming writes of c. Each thread takes whole
 // channels, or, when a channel's x (and dy) fill half the L2 or more, every channel is split

@@ -7,9 +7,10 @@
 // written channel by channel from the cached span with non-temporal stores; the next unit is
 // prefetched in step with all the passes over this one. The backward takes per-channel sum(dy) and
 // sum(dy*(x - mean)) in one pass over the span (they give dgamma/dbeta and the group's two
-// coefficients), then writes dx from the cache, software-pipelined: dx of unit u in 128 KiB
+// coefficients), then writes dx from the cache, software-pipelined: dx of unit u in 16 KiB
 // chunks, each followed by the sums of the same chunk of unit u+1, prefetched meanwhile (f32
-// n32c512h64w64g32, 2 threads: 0.56-0.58 -> 0.67 of the paired non-temporal copy). NHWC: the unit
+// n32c512h64w64g32, 2 threads: 0.56-0.58 -> 0.67 of the paired non-temporal copy with 128 KiB
+// chunks, 0.67-0.68 -> 0.74-0.77 with 16 KiB ones, kPipelineChunk). NHWC: the unit
 // is a sample's (H*W, C) block; vectorised along C with per-channel patterns (channels_last.hpp):
 // per-channel moments (blocked two-pass + Chan), merged per group with Chan, then y; samples are
 // pipelined the same way (y of sample n block by block, each block followed by the statistics of
@@ -202,7 +203,7 @@ NB_AVX512 void write_unit_dx(const Typed<T>& t, const KernelArgs& a, const Group
 }
 
 /// Backward of whole units [u0, u1) by one thread, pipelined like BatchNorm's NCHW channels: dx of
-/// unit u is written one 128 KiB chunk (kPipelineChunk) at a time, each followed by the sums of the
+/// unit u is written one chunk (kPipelineChunk) at a time, each followed by the sums of the
 /// same chunk of unit u+1, whose x and dy were prefetched into L2 while the chunk was written.
 template <class T>
 NB_AVX512 void nchw_backward_units(const Problem& p, const KernelArgs& a, int64_t u0, int64_t u1,
