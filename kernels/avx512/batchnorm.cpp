@@ -42,8 +42,8 @@ struct ChannelAffine {
 
 /// From the batch moments of channel c: the forward coefficients, and with `write` the saved
 /// mean/invstd and the running statistics update (momentum; unbiased variance M/(M-1)).
-ChannelAffine train_affine(const Problem& p, const KernelArgs& a, int64_t c, const Moments& m,
-                           bool write) {
+[[gnu::always_inline]] inline ChannelAffine train_affine(const Problem& p, const KernelArgs& a,
+                                                         int64_t c, const Moments& m, bool write) {
   const double var = m.variance(), invstd = 1.0 / std::sqrt(var + p.eps);
   if (write) {
     a.mean[c] = static_cast<float>(m.mean);
