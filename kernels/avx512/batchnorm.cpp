@@ -8,8 +8,8 @@
 // sum(dy * (x - mean)) in one pass. Channels are software-pipelined: y (dx) of channel c is
 // written with non-temporal stores one 16 KiB chunk at a time from the L2-resident slice, and
 // after each chunk the same chunk of channel c+1, prefetched into L2 while that chunk was written,
-// is reduced; so the DRAM reads of c+1 overlap the streaming writes of c (a forward whose tensor
-// fits the cache takes a channel at a time: nchw_train_channels_cached). Each thread takes whole
+// is reduced; so the DRAM reads of c+1 overlap the streaming writes of c (tensors that fit the
+// cache take a channel at a time: pipeline_units in kernels.hpp). Each thread takes whole
 // channels, or, when a channel's x (and dy) fill half the L2 or more, every channel is split
 // between the threads with one barrier per channel to merge the parts' moments/sums
 // (split_channels in kernels.hpp, with the measurements that chose the rule). Measured on the
@@ -170,9 +170,9 @@ NB_AVX512 void nchw_train_channels(const Problem& p, const KernelArgs& a, int64_
 }
 
 /// Training forward of whole channels [c0, c1) by one thread when the tensor fits the cache (no
-/// streaming stores): a channel's moments, then its y, the next channel prefetched in step with
-/// both passes. With no DRAM reads to hide, the chunk pipeline above only adds its per-chunk
-/// work: measured 1 thread, hot, n2c251h7w7 f32 18 us here vs 20 us pipelined.
+/// streaming stores; pipeline_units): a channel's moments, then its y; with `prefetch` (only if
+/// the tensor comes from DRAM, prefetch_next_unit) the next channel is prefetched in step with
+/// both passes.
 template <class T>
 NB_AVX512 void nchw_train_channels_cached(const Problem& p, const KernelArgs& a, int64_t c0,
                                           int64_t c1, bool prefetch) {
@@ -213,7 +213,7 @@ void nchw_train(const Problem& p, const KernelArgs& a) {
   const int64_t length = p.n * p.spatial();
   const int threads = thread_budget(p.numel());
   const bool stream = use_streaming(2 * p.numel() * sizeof(T));
-  const bool prefetch = options().prefetch;
+  const bool prefetch = prefetch_next_unit(2 * p.numel() * sizeof(T), length * sizeof(T), threads);
   const bool split = split_channels(length * sizeof(T), p.c, threads);
   std::vector<Moments> partial[2] = {std::vector<Moments>(threads), std::vector<Moments>(threads)};
 #pragma omp parallel num_threads(threads)
@@ -224,7 +224,7 @@ void nchw_train(const Problem& p, const KernelArgs& a) {
                              prefetch);
     } else {
       const int64_t per_thread = p.c / nt;
-      if (stream)
+      if (pipeline_units(stream))
         nchw_train_channels<T>(p, a, t * per_thread, (t + 1) * per_thread, {0, length}, false,
                                partial, stream, prefetch);
       else
@@ -316,6 +316,29 @@ NB_AVX512 void nchw_backward_channels(const Problem& p, const KernelArgs& a, int
   end_streaming(stream);
 }
 
+/// Backward of whole channels [c0, c1) by one thread when the tensors fit the cache (no streaming
+/// stores; pipeline_units): a channel's two sums, dgamma/dbeta, then its dx; with `prefetch` the
+/// next channel's x and dy are prefetched in step with both passes.
+template <class T>
+NB_AVX512 void nchw_backward_channels_cached(const Problem& p, const KernelArgs& a, int64_t c0,
+                                             int64_t c1, bool prefetch) {
+  const Typed<T> t(a);
+  const Slices g(p);
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t base = c * g.s;
+    Prefetcher pf;  // channel c+1, over the 2 passes of channel c
+    pf.pace(2);
+    if (prefetch && c + 1 < c1) {
+      pf.add(t.x + base + g.s, p.n, g.s * sizeof(T), g.stride * sizeof(T));
+      pf.add(t.dy + base + g.s, p.n, g.s * sizeof(T), g.stride * sizeof(T));
+    }
+    const BackwardSums s =
+        strided_backward_sums(t.x + base, t.dy + base, g.s, g.stride, 0, g.length, a.mean[c], pf);
+    const ChannelBackward b = backward_coefficients(a, c, s, static_cast<double>(g.length), true);
+    write_channel_dx(t.x + base, t.dy + base, t.dx + base, g, 0, g.length, b, false, pf);
+  }
+}
+
 template <class T>
 NB_AVX512 BackwardSums nchw_channel_backward_sums(const Problem& p, const KernelArgs& a, int64_t c,
                                                   Range r) {
@@ -342,7 +365,8 @@ void nchw_backward(const Problem& p, const KernelArgs& a) {
   const int64_t length = p.n * p.spatial();
   const int threads = thread_budget(p.numel());
   const bool stream = use_streaming(3 * p.numel() * sizeof(T));
-  const bool prefetch = options().prefetch;
+  const bool prefetch =
+      prefetch_next_unit(3 * p.numel() * sizeof(T), 2 * length * sizeof(T), threads);
   const bool split = split_channels(2 * length * sizeof(T), p.c, threads);
   std::vector<BackwardSums> partial[2] = {std::vector<BackwardSums>(threads),
                                           std::vector<BackwardSums>(threads)};
@@ -354,8 +378,11 @@ void nchw_backward(const Problem& p, const KernelArgs& a) {
                                 prefetch);
     } else {
       const int64_t per_thread = p.c / nt;
-      nchw_backward_channels<T>(p, a, t * per_thread, (t + 1) * per_thread, {0, length}, false,
-                                partial, stream, prefetch);
+      if (pipeline_units(stream))
+        nchw_backward_channels<T>(p, a, t * per_thread, (t + 1) * per_thread, {0, length}, false,
+                                  partial, stream, prefetch);
+      else
+        nchw_backward_channels_cached<T>(p, a, t * per_thread, (t + 1) * per_thread, prefetch);
       const Range r = split_range(length, t, nt);
       for (int64_t c = per_thread * nt; c < p.c; ++c) {  // leftover channels: split each
         partial[0][t] = nchw_channel_backward_sums<T>(p, a, c, r);

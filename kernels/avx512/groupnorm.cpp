@@ -7,13 +7,14 @@
 // written channel by channel from the cached span. Beyond the cache (non-temporal stores) units
 // are software-pipelined: y of unit u in 16 KiB chunks, each followed by the statistics of the
 // same chunk of unit u+1, prefetched meanwhile (f32 n32c512h64w64g32, 2 threads: 0.74-0.79 ->
-// 0.90-0.93 of the paired non-temporal copy); a cached tensor takes a unit at a time, the next
-// prefetched in step with both passes. The backward takes per-channel sum(dy) and
+// 0.90-0.93 of the paired non-temporal copy); a cached tensor takes a unit at a time
+// (pipeline_units in kernels.hpp). The backward takes per-channel sum(dy) and
 // sum(dy*(x - mean)) in one pass over the span (they give dgamma/dbeta and the group's two
-// coefficients), then writes dx from the cache, software-pipelined: dx of unit u in 16 KiB
-// chunks, each followed by the sums of the same chunk of unit u+1, prefetched meanwhile (f32
-// n32c512h64w64g32, 2 threads: 0.56-0.58 -> 0.67 of the paired non-temporal copy with 128 KiB
-// chunks, 0.67-0.68 -> 0.74-0.77 with 16 KiB ones, kPipelineChunk). NHWC: the unit
+// coefficients), then writes dx from the cache; beyond the cache software-pipelined the same way:
+// dx of unit u in 16 KiB chunks, each followed by the sums of the same chunk of unit u+1,
+// prefetched meanwhile (f32 n32c512h64w64g32, 2 threads: 0.56-0.58 -> 0.67 of the paired
+// non-temporal copy with 128 KiB chunks, 0.67-0.68 -> 0.74-0.77 with 16 KiB ones,
+// kPipelineChunk). NHWC: the unit
 // is a sample's (H*W, C) block; vectorised along C with per-channel patterns (channels_last.hpp):
 // per-channel moments (blocked two-pass + Chan), merged per group with Chan, then y; samples are
 // pipelined the same way (y of sample n block by block, each block followed by the statistics of
@@ -119,13 +120,11 @@ NB_AVX512 void write_unit(const Typed<T>& t, const KernelArgs& a, const Groups& 
 }
 
 /// Forward of whole units [u0, u1) by one thread when the tensor fits the cache (no streaming
-/// stores): a unit's statistics, then its y, the next unit prefetched in step with both passes.
-/// With no DRAM reads to hide, the chunk pipeline below only adds its per-chunk bookkeeping:
-/// measured 2 threads, hot, InstanceNorm n2c251h7w7 f32 26 us here vs 32 us pipelined,
-/// GroupNorm n4c64h16w16g32 7.1 vs 7.7 us.
+/// stores; pipeline_units): a unit's statistics, then its y; with `prefetch` (only if the tensor
+/// comes from DRAM, prefetch_next_unit) the next unit is prefetched in step with both passes.
 template <class T>
 NB_AVX512 void nchw_forward_units_cached(const Problem& p, const KernelArgs& a, int64_t u0,
-                                         int64_t u1, bool stream, bool prefetch) {
+                                         int64_t u1, bool prefetch) {
   const Typed<T> t(a);
   const Groups gr(p);
   CenterHint hint;  // the previous unit's statistics center this one's first block
@@ -137,9 +136,8 @@ NB_AVX512 void nchw_forward_units_cached(const Problem& p, const KernelArgs& a, 
     const Moments m = strided_moments(x, gr.length, gr.length, 0, gr.length, pf, hint);
     hint = CenterHint::of(m);
     const GroupStats st = group_stats(p, a, u, m, true);
-    write_unit(t, a, gr, u, {0, gr.length}, st, stream, pf);
+    write_unit(t, a, gr, u, {0, gr.length}, st, false, pf);
   }
-  end_streaming(stream);
 }
 
 /// Forward of whole units [u0, u1) by one thread for tensors beyond the cache, pipelined like
@@ -200,16 +198,17 @@ void nchw_forward(const Problem& p, const KernelArgs& a) {
   const int64_t units = gr.n * gr.g;
   const int threads = thread_budget(p.numel());
   const bool stream = use_streaming(2 * p.numel() * sizeof(T));
-  const bool prefetch = prefetch_next_unit(gr.length * sizeof(T), threads);
+  const bool prefetch =
+      prefetch_next_unit(2 * p.numel() * sizeof(T), gr.length * sizeof(T), threads);
   std::vector<Moments> partial(threads);
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t per_thread = units / nt;
-    if (stream)
-      nchw_forward_units<T>(p, a, t * per_thread, (t + 1) * per_thread, stream, options().prefetch);
+    if (pipeline_units(stream))
+      nchw_forward_units<T>(p, a, t * per_thread, (t + 1) * per_thread, stream, prefetch);
     else
-      nchw_forward_units_cached<T>(p, a, t * per_thread, (t + 1) * per_thread, stream, prefetch);
+      nchw_forward_units_cached<T>(p, a, t * per_thread, (t + 1) * per_thread, prefetch);
     for (int64_t u = per_thread * nt; u < units; ++u) {  // leftover units: split each
       const Range r = split_range(gr.length, t, nt);
       partial[t] = nchw_unit_moments<T>(p, a, u, r);
@@ -284,6 +283,31 @@ NB_AVX512 void nchw_backward_units(const Problem& p, const KernelArgs& a, int64_
   end_streaming(stream);
 }
 
+/// Backward of whole units [u0, u1) by one thread when the tensors fit the cache (no streaming
+/// stores; pipeline_units): a unit's per-channel sums, then its dx; with `prefetch` the next
+/// unit's x and dy are prefetched in step with both passes.
+template <class T>
+NB_AVX512 void nchw_backward_units_cached(const Problem& p, const KernelArgs& a, int64_t u0,
+                                          int64_t u1, ParamPartials& pp, bool prefetch) {
+  const Typed<T> t(a);
+  const Groups gr(p);
+  std::vector<double> sum_dy(gr.cg), sum_dyx(gr.cg);
+  for (int64_t u = u0; u < u1; ++u) {
+    std::fill(sum_dy.begin(), sum_dy.end(), 0.0);
+    std::fill(sum_dyx.begin(), sum_dyx.end(), 0.0);
+    Prefetcher pf;  // unit u+1, over the 2 passes of unit u
+    pf.pace(2);
+    if (prefetch && u + 1 < u1) {
+      pf.add(t.x + (u + 1) * gr.length, 1, gr.length * sizeof(T), 0);
+      pf.add(t.dy + (u + 1) * gr.length, 1, gr.length * sizeof(T), 0);
+    }
+    nchw_unit_sums(t, a, gr, u, {0, gr.length}, sum_dy.data(), sum_dyx.data(), pf);
+    const GroupBackward b =
+        group_backward(a, gr, u % gr.g, a.invstd[u], sum_dy.data(), sum_dyx.data(), pp, true);
+    write_unit_dx(t, a, gr, u, {0, gr.length}, b, false, pf);
+  }
+}
+
 template <class T>
 NB_AVX512 void nchw_unit_part_sums(const Problem& p, const KernelArgs& a, int64_t u, Range r,
                                    double* sum_dy, double* sum_dyx) {
@@ -305,14 +329,18 @@ void nchw_backward(const Problem& p, const KernelArgs& a) {
   const int64_t units = gr.n * gr.g;
   const int threads = thread_budget(p.numel());
   const bool stream = use_streaming(3 * p.numel() * sizeof(T));
-  const bool prefetch = options().prefetch;
+  const bool prefetch =
+      prefetch_next_unit(3 * p.numel() * sizeof(T), 2 * gr.length * sizeof(T), threads);
   std::vector<ParamPartials> pp(threads, ParamPartials(gr.c));
   std::vector<std::vector<double>> sum_dy(threads), sum_dyx(threads);
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t per_thread = units / nt;
-    nchw_backward_units<T>(p, a, t * per_thread, (t + 1) * per_thread, pp[t], stream, prefetch);
+    if (pipeline_units(stream))
+      nchw_backward_units<T>(p, a, t * per_thread, (t + 1) * per_thread, pp[t], stream, prefetch);
+    else
+      nchw_backward_units_cached<T>(p, a, t * per_thread, (t + 1) * per_thread, pp[t], prefetch);
     for (int64_t u = per_thread * nt; u < units; ++u) {  // leftover units: split each
       const Range r = split_range(gr.length, t, nt);
       sum_dy[t].assign(gr.cg, 0.0);
@@ -442,7 +470,8 @@ void nhwc_forward(const Problem& p, const KernelArgs& a) {
   const ChannelPattern pat(gr.c);
   const int threads = thread_budget(p.numel());
   const bool stream = use_streaming(2 * p.numel() * sizeof(T));
-  const bool prefetch = options().prefetch;
+  const bool prefetch =
+      prefetch_next_unit(2 * p.numel() * sizeof(T), gr.c * gr.s * sizeof(T), threads);
   std::vector<ChannelMoments> partial(threads, ChannelMoments(gr.c));
 #pragma omp parallel num_threads(threads)
   {
@@ -585,7 +614,8 @@ void nhwc_backward(const Problem& p, const KernelArgs& a) {
   const ChannelPattern pat(gr.c);
   const int threads = thread_budget(p.numel());
   const bool stream = use_streaming(3 * p.numel() * sizeof(T));
-  const bool prefetch = options().prefetch;
+  const bool prefetch =
+      prefetch_next_unit(3 * p.numel() * sizeof(T), 2 * gr.c * gr.s * sizeof(T), threads);
   std::vector<ParamPartials> pp(threads, ParamPartials(gr.c));
   std::vector<std::vector<double>> sum_dy(threads), sum_dyx(threads);
 #pragma omp parallel num_threads(threads)

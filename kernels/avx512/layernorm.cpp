@@ -5,7 +5,8 @@
 // A row (one sample, contiguous in both layouts) is the reduction unit and sits in L1/L2: its
 // statistics are taken in 16 KiB blocks (LayerNorm: two passes per block + Chan merge; RMSNorm:
 // sum of squares, no cancellation), then y is written from the cached row with non-temporal
-// stores; the next row is prefetched in step with these passes, so x is read from DRAM once. The
+// stores; the next row is prefetched in step with these passes when the tensor exceeds the cache
+// (prefetch_next_unit), so x is read from DRAM once. The
 // backward takes 4 rows at a time: one pass for each row's sum(g*dy) and sum(g*dy*(x - mean)),
 // which also accumulates the thread's partial dgamma/dbeta (fp32, loaded and stored once per 4
 // rows, folded into double every 32 rows), then dx from the cache. Groups are software-pipelined
@@ -196,7 +197,7 @@ void forward(const Problem& p, const KernelArgs& a, const RowParams& w) {
   const int64_t D = w.length;
   const int threads = thread_budget(p.numel());
   const bool stream = use_streaming(2 * p.numel() * sizeof(T));
-  const bool prefetch = prefetch_next_unit(D * sizeof(T), threads);
+  const bool prefetch = prefetch_next_unit(2 * p.numel() * sizeof(T), D * sizeof(T), threads);
   std::vector<Moments> partial(threads);
 #pragma omp parallel num_threads(threads)
   {
@@ -452,7 +453,7 @@ void backward(const Problem& p, const KernelArgs& a, const RowParams& w) {
   const bool rms = p.method == Method::rmsnorm;
   const int threads = thread_budget(p.numel());
   const bool stream = use_streaming(3 * p.numel() * sizeof(T));
-  const bool prefetch = options().prefetch;
+  const bool prefetch = prefetch_next_unit(3 * p.numel() * sizeof(T), 2 * D * sizeof(T), threads);
   std::vector<BackwardSums> partial(threads);
   std::vector<ParamPartials*> partials(threads, nullptr);
 #pragma omp parallel num_threads(threads)

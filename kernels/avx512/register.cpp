@@ -81,9 +81,13 @@ Kernel select_kernel(const Problem& p) {
 
 std::string describe(const Problem& p) {
   const std::uint64_t e = element_size(p.dtype), numel = static_cast<std::uint64_t>(p.numel());
-  const bool stream = use_streaming((p.pass == Pass::bwd ? 3 : 2) * numel * e);
+  const std::uint64_t footprint = (p.pass == Pass::bwd ? 3 : 2) * numel * e;
+  const bool stream = use_streaming(footprint);
+  // The unit-size condition of prefetch_next_unit (two units per thread in the LLC) is left out:
+  // units of tens of MiB.
+  const bool prefetch = options().prefetch && footprint > streaming_cache_bytes();
   std::string s = fmt::format("streaming_stores={} prefetch_next_unit={}", stream ? "yes" : "no",
-                              options().prefetch ? "on" : "off");
+                              prefetch ? "on" : "off");
   if (p.method == Method::batchnorm && p.pass != Pass::fwd_infer && p.layout == Layout::nchw &&
       p.spatial() > 1) {
     const int threads = p.numel() >= kParallelMinElements ? std::max(1, omp_get_max_threads()) : 1;
@@ -164,8 +168,8 @@ bool split_channels(std::uint64_t unit_bytes, int64_t channels, int threads) {
   return decide(options().split, unit_bytes >= machine().l2_bytes / 2);
 }
 
-bool prefetch_next_unit(std::uint64_t unit_bytes, int threads) {
-  return options().prefetch &&
+bool prefetch_next_unit(std::uint64_t footprint_bytes, std::uint64_t unit_bytes, int threads) {
+  return options().prefetch && footprint_bytes > streaming_cache_bytes() &&
          unit_bytes <= machine().llc_bytes / (4 * static_cast<std::uint64_t>(std::max(threads, 1)));
 }
 
