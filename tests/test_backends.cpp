@@ -2,7 +2,7 @@
 // ones) x method x pass x dtype x layout, against the fp64 reference on small and awkward shapes:
 // C = 1, 3, 251; N = 1 where legal; H = W = 1; sizes that are not a multiple of any vector width;
 // tensors that do not start on a 64-byte boundary; G = 1 and G = C; the large-offset input; a
-// constant input (variance 0).
+// constant input (variance 0); neighbouring units with far-apart means (unit_offsets).
 //
 // Peers (onednn, pytorch, cudnn, cudnn_legacy) are run the same way, but they are not ours to fix:
 // a numerical disagreement of a peer is printed here and reported as a FAIL row by every sweep
@@ -62,10 +62,58 @@ Problem problem_for(const Registration& r, const std::string& shape) {
   return p;
 }
 
-enum class Input { normal, large_offset, constant };
+/// normal: N(0, 1); large_offset: the offset of CONVENTIONS section 5; constant: 0.75 everywhere
+/// (variance 0); unit_offsets: N(0, 1) plus an offset of 0, L, -L/8 or 3 (L: the large offset
+/// of the dtype) by reduction unit
+/// (BatchNorm channel, LayerNorm/RMSNorm sample, GroupNorm (n, group), InstanceNorm (n, c)), so
+/// neighbouring units have means many standard deviations apart and a kernel that centers a
+/// unit's statistics on the previous unit's mean must notice that the guess is wrong.
+enum class Input { normal, large_offset, constant, unit_offsets };
 
 std::string input_name(Input i) {
-  return i == Input::normal ? "normal" : i == Input::large_offset ? "large_offset" : "constant";
+  switch (i) {
+    case Input::normal:
+      return "normal";
+    case Input::large_offset:
+      return "large_offset";
+    case Input::constant:
+      return "constant";
+    case Input::unit_offsets:
+      return "unit_offsets";
+  }
+  return "?";
+}
+
+/// Adds the unit_offsets pattern to x (logical index (n, c) from the layout).
+void add_unit_offsets(const Problem& p, HostTensor& x) {
+  const double big = distribution_offset(Distribution::large_offset, p.dtype);
+  const double offsets[] = {0.0, big, -big / 8, 3.0};
+  const std::int64_t s = p.spatial();
+  for (std::size_t i = 0; i < x.numel(); ++i) {
+    const auto k = static_cast<std::int64_t>(i);
+    const std::int64_t n = k / (p.c * s);
+    const std::int64_t c = p.layout == Layout::nchw ? k / s % p.c : k % p.c;
+    const std::int64_t g = p.effective_groups();
+    const std::int64_t unit = p.method == Method::batchnorm ? c : n * g + c / (p.c / g);
+    x.set(i, x.get(i) + offsets[unit % 4]);
+  }
+}
+
+/// The inputs of a case; the backward's saved statistics are those of the final x.
+CaseInputs make_test_inputs(const Problem& p, Input input, std::size_t misalign) {
+  const Distribution dist =
+      input == Input::large_offset ? Distribution::large_offset : Distribution::normal;
+  CaseInputs in = make_inputs(p, dist, fnv1a(to_repro(p)), misalign);
+  if (input == Input::constant)
+    for (std::size_t i = 0; i < in.x.numel(); ++i) in.x.set(i, 0.75);
+  if (input == Input::unit_offsets) add_unit_offsets(p, in.x);
+  if ((input == Input::constant || input == Input::unit_offsets) && p.pass == Pass::bwd) {
+    std::vector<double> mean, invstd;
+    ref::statistics(p, in.x.to_double(), mean, invstd);
+    if (!in.mean.empty()) in.mean.assign(mean);
+    in.invstd.assign(invstd);
+  }
+  return in;
 }
 
 class BackendAgreement : public ::testing::TestWithParam<const Registration*> {};
@@ -75,24 +123,13 @@ TEST_P(BackendAgreement, MatchesReferenceOnAwkwardShapes) {
   if (auto why = r.impl->unavailable_reason()) GTEST_SKIP() << "unavailable: " << *why;
   int checked = 0;
   for (const auto& shape : shapes_for(r.method))
-    for (Input input : {Input::normal, Input::large_offset, Input::constant})
+    for (Input input : {Input::normal, Input::large_offset, Input::constant, Input::unit_offsets})
       for (std::size_t misalign : {std::size_t{0}, element_size(r.dtype)}) {
-        if (input == Input::constant && misalign) continue;
+        if ((input == Input::constant || input == Input::unit_offsets) && misalign) continue;
         const Problem p = problem_for(r, shape);
         if (validate(p)) continue;  // e.g. batchnorm training with N*H*W == 1
         if (r.impl->unsupported_reason(p)) continue;
-        const Distribution dist =
-            input == Input::large_offset ? Distribution::large_offset : Distribution::normal;
-        CaseInputs in = make_inputs(p, dist, fnv1a(to_repro(p)), misalign);
-        if (input == Input::constant) {
-          for (std::size_t i = 0; i < in.x.numel(); ++i) in.x.set(i, 0.75);
-          if (p.pass == Pass::bwd) {
-            std::vector<double> mean, invstd;
-            ref::statistics(p, in.x.to_double(), mean, invstd);
-            if (!in.mean.empty()) in.mean.assign(mean);
-            in.invstd.assign(invstd);
-          }
-        }
+        CaseInputs in = make_test_inputs(p, input, misalign);
         const ref::Tensors ref = reference_outputs(p, in);
         CaseOutputs out = make_outputs(p, in, misalign);
         const Agreement a = run_and_compare(p, *r.impl, in, ref, out);
@@ -150,16 +187,16 @@ TEST_P(CpuBackendAgreement, MatchesReferenceOnThreadedShapes) {
   const Registration& r = *GetParam();
   if (auto why = r.impl->unavailable_reason()) GTEST_SKIP() << "unavailable: " << *why;
   for (const auto& shape : threaded_shapes_for(r.method))
-    for (Distribution dist : {Distribution::normal, Distribution::large_offset}) {
+    for (Input input : {Input::normal, Input::large_offset, Input::unit_offsets}) {
       const Problem p = problem_for(r, shape);
       ASSERT_FALSE(validate(p)) << shape;
       ASSERT_GE(p.numel(), 32768) << shape;
-      CaseInputs in = make_inputs(p, dist, fnv1a(to_repro(p)), 0);
+      CaseInputs in = make_test_inputs(p, input, 0);
       const ref::Tensors ref = reference_outputs(p, in);
       CaseOutputs out = make_outputs(p, in, 0);
       const Agreement a = run_and_compare(p, *r.impl, in, ref, out);
       EXPECT_EQ(a.status, Status::pass)
-          << to_repro(p) << " dist=" << to_string(dist) << ": " << a.reason;
+          << to_repro(p) << " input=" << input_name(input) << ": " << a.reason;
     }
 }
 

@@ -270,12 +270,20 @@ NB_AVX512_INLINE __m512d widen_pairs(__m512 v) {
   return _mm512_add_pd(lo, hi);
 }
 
+/// x - center, or x itself when !kShifted (center = 0).
+template <bool kShifted>
+NB_AVX512_INLINE __m512 deviation(__m512 center, __m512 x) {
+  if constexpr (kShifted) return _mm512_sub_ps(x, center);
+  return x;
+}
+
 /// s1 += sum(x - center), s2 += sum((x - center)^2): the second pass of two-pass statistics
 /// (s1 is the correction term of the corrected two-pass formula, M2 = s2 - s1^2 / n). s1 decides
 /// the mean's last digits, so its fp32 partial sums are folded into double every 256 elements
 /// (at most 4 terms per lane); s2 has no cancellation and stays fp32 within the block. Four
-/// independent chains of each kind keep the adds and FMAs throughput-bound.
-template <class T>
+/// independent chains of each kind keep the adds and FMAs throughput-bound. kShifted = false
+/// takes center = 0 and skips the subtraction (one vector instruction of three per load).
+template <class T, bool kShifted = true>
 NB_AVX512_INLINE void accumulate_deviations(const T* x, int64_t n, __m512 center, __m512d& s1,
                                             __m512& s2) {
   __m512 q0 = _mm512_setzero_ps(), q1 = q0, q2 = q0, q3 = q0;
@@ -284,10 +292,10 @@ NB_AVX512_INLINE void accumulate_deviations(const T* x, int64_t n, __m512 center
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     const int64_t chunk_end = std::min(n, i + 256);
     for (; i + 64 <= chunk_end; i += 64) {
-      const __m512 d0 = _mm512_sub_ps(Io<T>::load(x + i), center);
-      const __m512 d1 = _mm512_sub_ps(Io<T>::load(x + i + 16), center);
-      const __m512 d2 = _mm512_sub_ps(Io<T>::load(x + i + 32), center);
-      const __m512 d3 = _mm512_sub_ps(Io<T>::load(x + i + 48), center);
+      const __m512 d0 = deviation<kShifted>(center, Io<T>::load(x + i));
+      const __m512 d1 = deviation<kShifted>(center, Io<T>::load(x + i + 16));
+      const __m512 d2 = deviation<kShifted>(center, Io<T>::load(x + i + 32));
+      const __m512 d3 = deviation<kShifted>(center, Io<T>::load(x + i + 48));
       a0 = _mm512_add_ps(a0, d0);
       a1 = _mm512_add_ps(a1, d1);
       a2 = _mm512_add_ps(a2, d2);
@@ -302,7 +310,7 @@ NB_AVX512_INLINE void accumulate_deviations(const T* x, int64_t n, __m512 center
   }
   __m512 a = _mm512_setzero_ps();
   for (; i + 16 <= n; i += 16) {
-    const __m512 d = _mm512_sub_ps(Io<T>::load(x + i), center);
+    const __m512 d = deviation<kShifted>(center, Io<T>::load(x + i));
     a = _mm512_add_ps(a, d);
     q0 = _mm512_fmadd_ps(d, d, q0);
   }
@@ -503,6 +511,10 @@ struct CenterHint {
 /// 1 + kMaxCenterOffset^2 = 5 of its digits (a few units in the last place of fp32).
 inline constexpr double kMaxCenterOffset = 2.0;
 
+/// An estimated mean within this many standard deviations of 0 centers the second pass at 0
+/// (no subtraction; the check against kMaxCenterOffset still applies to the block's own mean).
+inline constexpr double kZeroCenterOffset = 0.5;
+
 /// sum(x - center) and sum((x - center)^2) over [b0, b1) of a strided unit (the second pass).
 template <class T>
 NB_AVX512_INLINE void deviation_pass(const T* base, int64_t seglen, int64_t stride, int64_t b0,
@@ -513,7 +525,10 @@ NB_AVX512_INLINE void deviation_pass(const T* base, int64_t seglen, int64_t stri
   for (Pieces pc(seglen, stride, b0, b1); pc.next();)
     for (int64_t o = 0; o < pc.length; o += kPrefetchChunk<T>) {
       const int64_t len = std::min(kPrefetchChunk<T>, pc.length - o);
-      accumulate_deviations(base + pc.offset + o, len, _mm512_set1_ps(center), s1, s2);
+      if (center == 0.0f)
+        accumulate_deviations<T, false>(base + pc.offset + o, len, _mm512_setzero_ps(), s1, s2);
+      else
+        accumulate_deviations(base + pc.offset + o, len, _mm512_set1_ps(center), s1, s2);
       pf.advance(len * sizeof(T));
     }
   d1 = _mm512_reduce_add_pd(s1);
@@ -529,6 +544,9 @@ NB_AVX512_INLINE void deviation_pass(const T* base, int64_t seglen, int64_t stri
 /// statistics) that pass is skipped, and the second pass is verified: if the block mean is more
 /// than kMaxCenterOffset standard deviations from c, the second pass is redone around the block
 /// mean over the now L1-resident block. Typical data thus cost one pass, any data stays exact.
+/// An estimate within kZeroCenterOffset standard deviations of 0 centers the pass at 0 exactly,
+/// which drops its subtraction (the shifted-data formula with shift 0, accepted under the same
+/// check).
 template <class T>
 NB_AVX512 Moments strided_moments(const T* base, int64_t seglen, int64_t stride, int64_t begin,
                                   int64_t end, Prefetcher& pf, const CenterHint& hint = {}) {
@@ -541,7 +559,10 @@ NB_AVX512 Moments strided_moments(const T* base, int64_t seglen, int64_t stride,
     const CenterHint estimate = total.count > 0 ? CenterHint::of(total) : hint;
     float center;
     if (estimate.valid) {
-      center = exact_center(estimate.mean, 8 * estimate.stddev, static_cast<float>(estimate.mean));
+      center =
+          std::abs(estimate.mean) <= kZeroCenterOffset * estimate.stddev
+              ? 0.0f
+              : exact_center(estimate.mean, 8 * estimate.stddev, static_cast<float>(estimate.mean));
     } else {
       const float shift = load_one(base + first.offset);
       __m512 s = _mm512_setzero_ps();
