@@ -62,12 +62,12 @@ Problem problem_for(const Registration& r, const std::string& shape) {
   return p;
 }
 
-/// normal: N(0, 1); large_offset: the offset of CONVENTIONS section 5; constant: 0.75 everywhere
-/// (variance 0); unit_offsets: N(0, 1) plus an offset of 0, L, -L/8 or 3 (L: the large offset
-/// of the dtype) by reduction unit
-/// (BatchNorm channel, LayerNorm/RMSNorm sample, GroupNorm (n, group), InstanceNorm (n, c)), so
-/// neighbouring units have means many standard deviations apart and a kernel that centers a
-/// unit's statistics on the previous unit's mean must notice that the guess is wrong.
+/// normal: N(0, 1); large_offset: offset + N(0, 1) (CONVENTIONS section 2; the offset per dtype
+/// in case_data.cpp); constant: 0.75 everywhere (variance 0); unit_offsets: N(0, 1) plus 0, L,
+/// -L/8 or 3 (L: that large offset) by reduction unit (BatchNorm channel, LayerNorm/RMSNorm
+/// sample, GroupNorm (n, group), InstanceNorm (n, c)), so neighbouring units have means many
+/// standard deviations apart and a kernel that centers a unit's statistics on the previous
+/// unit's mean must notice that the guess is wrong.
 enum class Input { normal, large_offset, constant, unit_offsets };
 
 std::string input_name(Input i) {
