@@ -4,10 +4,15 @@
 //
 // NCHW: the unit (n, g) is one contiguous span of (C/G)*H*W elements. Each thread takes whole
 // units: statistics in 16 KiB blocks (two passes per L1-resident block, Chan merge), then y is
-// written channel by channel from the cached span. Beyond the cache (non-temporal stores) units
-// are software-pipelined: y of unit u in 16 KiB chunks, each followed by the statistics of the
-// same chunk of unit u+1, prefetched meanwhile (f32 n32c512h64w64g32, 2 threads: 0.74-0.79 ->
-// 0.90-0.93 of the paired non-temporal copy); a cached tensor takes a unit at a time
+// written from the cached span, as one span across the unit's channels with per-channel scalars
+// (SegmentedAffineOp, SegmentedBackwardOp in simd.hpp) when H*W >= 16: written channel by
+// channel, a line shared by two channels was completed by two masked ordinary stores, each
+// reading the line from DRAM first (f32 n192c1024h14w14g32, 2 threads, interleaved runs:
+// training forward 12.2-12.8 -> 7.3-7.5 ms, 0.57-0.60 -> 0.93-0.99 of the paired non-temporal
+// copy; backward 19.0 -> 14.4-15.4 ms, 0.53-0.56 -> 0.73-0.75). Beyond the cache (non-temporal
+// stores) units are software-pipelined: y of unit u in 16 KiB chunks, each followed by the
+// statistics of the same chunk of unit u+1, prefetched meanwhile (f32 n32c512h64w64g32, 2 threads:
+// 0.74-0.79 -> 0.90-0.93 of the paired non-temporal copy); a cached tensor takes a unit at a time
 // (pipeline_units in kernels.hpp). The backward takes per-channel sum(dy) and
 // sum(dy*(x - mean)) in one pass over the span (they give dgamma/dbeta and the group's two
 // coefficients), then writes dx from the cache; beyond the cache software-pipelined the same way:
@@ -111,6 +116,12 @@ template <class T>
 NB_AVX512 void write_unit(const Typed<T>& t, const KernelArgs& a, const Groups& gr, int64_t u,
                           Range r, const GroupStats& st, bool stream, Prefetcher& pf) {
   const int64_t base = u * gr.length, g = u % gr.g;
+  if (gr.cg > 1 && gr.s >= 16) {  // one span across the unit's channels (SegmentCursor)
+    SegmentedAffineOp<T> op(t.x + base + r.begin, a.gamma ? a.gamma + g * gr.cg : nullptr,
+                            a.beta ? a.beta + g * gr.cg : nullptr, st.mean, st.invstd, gr.s,
+                            r.begin, gr.cg);
+    return write_span(t.y + base + r.begin, r.end - r.begin, stream, op, pf);
+  }
   for (Pieces pc(gr.s, gr.s, r.begin, r.end); pc.next();) {
     const int64_t c = g * gr.cg + pc.offset / gr.s;
     const float gamma = a.gamma ? a.gamma[c] : 1.0f, beta = a.beta ? a.beta[c] : 0.0f;
@@ -240,6 +251,12 @@ NB_AVX512 void write_unit_dx(const Typed<T>& t, const KernelArgs& a, const Group
                              Range r, const GroupBackward& b, bool stream, Prefetcher& pf) {
   const int64_t base = u * gr.length, g = u % gr.g;
   const float invstd = a.invstd[u];
+  if (gr.cg > 1 && gr.s >= 16) {  // one span across the unit's channels (SegmentCursor)
+    SegmentedBackwardOp<T> op(t.x + base + r.begin, t.dy + base + r.begin,
+                              a.gamma ? a.gamma + g * gr.cg : nullptr, a.mean[u], invstd, b.c1,
+                              b.c0, gr.s, r.begin, gr.cg);
+    return write_span(t.dx + base + r.begin, r.end - r.begin, stream, op, pf);
+  }
   for (Pieces pc(gr.s, gr.s, r.begin, r.end); pc.next();) {
     const int64_t c = g * gr.cg + pc.offset / gr.s;
     const float k = (a.gamma ? a.gamma[c] : 1.0f) * invstd;
