@@ -653,19 +653,16 @@ NB_AVX512 BackwardSums strided_backward_sums(const T* x, const T* dy, int64_t se
 /// ordinary stores, the aligned body with non-temporal stores, the tail with a masked store; the
 /// caller issues _mm_sfence() once its writes are done. pf advances with the bytes consumed.
 /// An ordinary store to a line not in cache first reads the line from DRAM, and later stores
-/// queue behind it; so a tail that ends inside a line has that line prefetched before the body is
-/// written. Measured on the Intel hosts (2 threads, f32 n192c1024h14w14, whose 784-byte H*W
-/// planes end inside a line, interleaved runs): BatchNorm NCHW training forward 14.5-17.0 ->
-/// 11.7-12.7 ms (0.46-0.51 -> 0.57-0.64 of the paired non-temporal copy); a prefetch of the next
-/// segment's tail line as well gained nothing more.
+/// queue behind it. Prefetching a partial tail's line before the body is written measured faster
+/// on 784-byte planes (BatchNorm NCHW f32 n192c1024h14w14 training forward 14.5-17.0 -> 11.7-12.7
+/// ms, 2 threads, interleaved) but slower on line-aligned ones (inference n64c256h64w64 13.3-14.6
+/// -> 14.8-15.7 ms), so it is not done; GroupNorm avoids the partial lines instead (segmented ops).
 template <class T, class Op>
 NB_AVX512_INLINE void write_span(T* out, int64_t n, bool stream, Op& op, Prefetcher& pf) {
   int64_t i = 0;
   const auto addr = reinterpret_cast<std::uintptr_t>(out);
   if (stream && n * static_cast<int64_t>(sizeof(T)) >= kStreamMinBytes && addr % sizeof(T) == 0) {
     const int64_t head = std::min<int64_t>(n, ((64 - (addr & 63)) & 63) / sizeof(T));
-    if (((addr + n * sizeof(T)) & 63) != 0)  // the tail's line, read before its masked store
-      _mm_prefetch(reinterpret_cast<const char*>(out + n - 1), _MM_HINT_T0);
     while (i < head) {
       const int k = static_cast<int>(std::min<int64_t>(16, head - i));
       const __mmask16 m = first_lanes(k);
