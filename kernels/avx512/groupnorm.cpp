@@ -117,9 +117,12 @@ NB_AVX512 void write_unit(const Typed<T>& t, const KernelArgs& a, const Groups& 
                           Range r, const GroupStats& st, bool stream, Prefetcher& pf) {
   const int64_t base = u * gr.length, g = u % gr.g;
   if (gr.cg > 1 && gr.s >= 16) {  // one span across the unit's channels (SegmentCursor)
-    SegmentedAffineOp<T> op(t.x + base + r.begin, a.gamma ? a.gamma + g * gr.cg : nullptr,
-                            a.beta ? a.beta + g * gr.cg : nullptr, st.mean, st.invstd, gr.s,
-                            r.begin, gr.cg);
+    const float *gamma = a.gamma ? a.gamma + g * gr.cg : nullptr,
+                *beta = a.beta ? a.beta + g * gr.cg : nullptr;
+    const auto params = [gamma, beta, st](int64_t k) {
+      return SegmentAffine{st.mean, (gamma ? gamma[k] : 1.0f) * st.invstd, beta ? beta[k] : 0.0f};
+    };
+    SegmentedAffineOp<T, decltype(params)> op(t.x + base + r.begin, params, gr.s, r.begin, gr.cg);
     return write_span(t.y + base + r.begin, r.end - r.begin, stream, op, pf);
   }
   for (Pieces pc(gr.s, gr.s, r.begin, r.end); pc.next();) {

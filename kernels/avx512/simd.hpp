@@ -775,42 +775,42 @@ struct SegmentCursor {
   }
 };
 
-/// AffineOp over segments of seglen elements with per-segment scale gamma[s] * invstd and shift
-/// beta[s] (gamma/beta null: 1 and 0) and one mean: y of a GroupNorm unit across its channels.
-/// x is the span's first element, `begin` its offset in the unit (segment 0 starts at offset 0),
-/// `segments` the number of segments (gamma/beta entries) in the unit.
-template <class T>
+/// The scalars of y = (x - mean) * scale + shift for one segment.
+struct SegmentAffine {
+  float mean, scale, shift;
+};
+
+/// AffineOp over segments of seglen elements with the scalars params(s) of segment s (a callable
+/// returning SegmentAffine): y of a GroupNorm unit across its channels, or of BatchNorm inference
+/// across a range of (n, c) planes. x is the span's first element, `begin` its offset in the
+/// segmented whole (segment s starts at s * seglen), `segments` the number of segments there.
+template <class T, class Params>
 struct SegmentedAffineOp {
   const T* x;
-  const float *gamma, *beta;
-  float invstd;
+  Params params;
   __m512 mean, scale, shift;
   SegmentCursor at;
-  NB_AVX512_INLINE SegmentedAffineOp(const T* x_, const float* gamma_, const float* beta_,
-                                     float mean_, float invstd_, int64_t seglen, int64_t begin,
+  NB_AVX512_INLINE SegmentedAffineOp(const T* x_, Params params_, int64_t seglen, int64_t begin,
                                      int64_t segments)
-      : x(x_),
-        gamma(gamma_),
-        beta(beta_),
-        invstd(invstd_),
-        mean(_mm512_set1_ps(mean_)),
-        at(seglen, begin, segments) {
+      : x(x_), params(params_), at(seglen, begin, segments) {
     load_segment();
   }
-  float scale_of(int64_t s) const { return (gamma ? gamma[s] : 1.0f) * invstd; }
-  float shift_of(int64_t s) const { return beta ? beta[s] : 0.0f; }
   NB_AVX512_INLINE void load_segment() {
-    scale = _mm512_set1_ps(scale_of(at.idx));
-    shift = _mm512_set1_ps(shift_of(at.idx));
+    const SegmentAffine f = params(at.idx);
+    mean = _mm512_set1_ps(f.mean);
+    scale = _mm512_set1_ps(f.scale);
+    shift = _mm512_set1_ps(f.shift);
   }
   NB_AVX512_INLINE __m512 compute(__m512 v, int k) {
-    __m512 sc = scale, sh = shift;
+    __m512 mu = mean, sc = scale, sh = shift;
     if (const __mmask16 m = at.spill(k)) {
-      sc = _mm512_mask_mov_ps(sc, m, _mm512_set1_ps(scale_of(at.idx + 1)));
-      sh = _mm512_mask_mov_ps(sh, m, _mm512_set1_ps(shift_of(at.idx + 1)));
+      const SegmentAffine f = params(at.idx + 1);
+      mu = _mm512_mask_mov_ps(mu, m, _mm512_set1_ps(f.mean));
+      sc = _mm512_mask_mov_ps(sc, m, _mm512_set1_ps(f.scale));
+      sh = _mm512_mask_mov_ps(sh, m, _mm512_set1_ps(f.shift));
     }
     if (at.advance(k)) load_segment();
-    return _mm512_fmadd_ps(_mm512_sub_ps(v, mean), sc, sh);
+    return _mm512_fmadd_ps(_mm512_sub_ps(v, mu), sc, sh);
   }
   NB_AVX512_INLINE __m512 full(int64_t i) { return compute(Io<T>::load(x + i), 16); }
   NB_AVX512_INLINE __m512 part(int64_t i, __mmask16 m, int k) {
