@@ -700,6 +700,53 @@ NB_AVX512_INLINE void write_span(T* out, int64_t n, bool stream, Op& op, Prefetc
   }
 }
 
+/// Elements [begin, end) of op's span to dst[0 .. end - begin) with masked ordinary stores.
+template <class T, class Op>
+NB_AVX512_INLINE void masked_stores(T* dst, int64_t begin, int64_t end, Op& op) {
+  for (int64_t i = begin; i < end; i += 16) {
+    const int k = static_cast<int>(std::min<int64_t>(16, end - i));
+    const __mmask16 m = first_lanes(k);
+    Io<T>::store(dst + (i - begin), op.part(i, m, k), m);
+  }
+}
+
+/// write_span with streaming stores for a span that another span, written later by the same
+/// thread, continues in memory (BatchNorm NCHW: plane (n, c+1) follows plane (n, c)), so that no
+/// line is completed by ordinary stores. `carry_in` (or null) is a 64-byte aligned image of the
+/// line where the span starts, holding the previous span's tail: the head's elements are added
+/// to it and the whole line is written with one non-temporal store. `carry_out` (or null)
+/// receives the elements after the span's last line boundary instead of memory, for the next
+/// span's head. A null carry writes that end with masked ordinary stores, as write_span does.
+/// Requires n * sizeof(T) >= 128 (the span crosses a line boundary) and out aligned to sizeof(T).
+template <class T, class Op>
+NB_AVX512_INLINE void write_span_carried(T* out, int64_t n, Op& op, Prefetcher& pf,
+                                         unsigned char* carry_in, unsigned char* carry_out) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(out);
+  const int64_t head = static_cast<int64_t>(((64 - (addr & 63)) & 63) / sizeof(T));
+  const int64_t body_end =
+      static_cast<int64_t>(((addr + n * sizeof(T)) & ~std::uintptr_t{63}) - addr) /
+      static_cast<int64_t>(sizeof(T));
+  if (head > 0) {
+    masked_stores(carry_in ? reinterpret_cast<T*>(carry_in + (addr & 63)) : out, 0, head, op);
+    if (carry_in)
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(addr & ~std::uintptr_t{63}),
+                          _mm512_load_si512(carry_in));
+  }
+  int64_t i = head;
+  for (; i + 64 <= body_end; i += 64) {
+    Io<T>::stream(out + i, op.full(i));
+    Io<T>::stream(out + i + 16, op.full(i + 16));
+    Io<T>::stream(out + i + 32, op.full(i + 32));
+    Io<T>::stream(out + i + 48, op.full(i + 48));
+    pf.advance(64 * sizeof(T));
+  }
+  for (; i + 16 <= body_end; i += 16) {
+    Io<T>::stream(out + i, op.full(i));
+    pf.advance(16 * sizeof(T));
+  }
+  if (i < n) masked_stores(carry_out ? reinterpret_cast<T*>(carry_out) : out + i, i, n, op);
+}
+
 /// y = (x - mean) * scale + shift with per-span scalars (BatchNorm, GroupNorm and InstanceNorm
 /// channels). Subtracting the mean first keeps the large-offset case exact where the folded
 /// x * scale + (shift - mean * scale) would cancel.
