@@ -656,7 +656,8 @@ NB_AVX512 BackwardSums strided_backward_sums(const T* x, const T* dy, int64_t se
 /// queue behind it. Prefetching a partial tail's line before the body is written measured faster
 /// on 784-byte planes (BatchNorm NCHW f32 n192c1024h14w14 training forward 14.5-17.0 -> 11.7-12.7
 /// ms, 2 threads, interleaved) but slower on line-aligned ones (inference n64c256h64w64 13.3-14.6
-/// -> 14.8-15.7 ms), so it is not done; GroupNorm avoids the partial lines instead (segmented ops).
+/// -> 14.8-15.7 ms), so it is not done; GroupNorm and BatchNorm avoid the partial lines instead
+/// (the segmented ops below, write_span_carried).
 template <class T, class Op>
 NB_AVX512_INLINE void write_span(T* out, int64_t n, bool stream, Op& op, Prefetcher& pf) {
   int64_t i = 0;
