@@ -9,26 +9,28 @@
 // channel, a line shared by two channels was completed by two masked ordinary stores, each
 // reading the line from DRAM first (f32 n192c1024h14w14g32, 2 threads, interleaved runs:
 // training forward 12.2-12.8 -> 7.3-7.5 ms, 0.57-0.60 -> 0.93-0.99 of the paired non-temporal
-// copy; backward 19.0 -> 14.4-15.4 ms, 0.53-0.56 -> 0.73-0.75). Beyond the cache (non-temporal
-// stores) units are software-pipelined: y of unit u in 16 KiB chunks, each followed by the
-// statistics of the same chunk of unit u+1, prefetched meanwhile (f32 n32c512h64w64g32, 2 threads:
-// 0.74-0.79 -> 0.90-0.93 of the paired non-temporal copy); a cached tensor takes a unit at a time
-// (pipeline_units in kernels.hpp). The backward takes per-channel sum(dy) and
-// sum(dy*(x - mean)) in one pass over the span (they give dgamma/dbeta and the group's two
-// coefficients), then writes dx from the cache; beyond the cache software-pipelined the same way:
-// dx of unit u in 16 KiB chunks, each followed by the sums of the same chunk of unit u+1,
-// prefetched meanwhile (f32 n32c512h64w64g32, 2 threads: 0.56-0.58 -> 0.67 of the paired
-// non-temporal copy with 128 KiB chunks, 0.67-0.68 -> 0.74-0.77 with 16 KiB ones,
-// kPipelineChunk). NHWC: the unit
-// is a sample's (H*W, C) block; vectorised along C with per-channel patterns (channels_last.hpp):
-// per-channel moments (blocked two-pass + Chan), merged per group with Chan, then y; samples are
-// pipelined the same way (y of sample n block by block, each block followed by the statistics of
-// the same rows of sample n+1; the backward likewise), the blocks in snake order so that a write
-// pass starts on the rows still in L2. A sample larger than the L2 (8 MiB in f32
-// at n32c512h64w64) is still read twice by the core, once from DRAM and once from the last-level
-// cache for the write pass. Units left over when N*G (NCHW) or N (NHWC) is not a multiple of the
-// thread count are split between the threads and their partials merged after a barrier.
-// dgamma/dbeta: per-thread partials in double, merged once.
+// copy; backward 19.0 -> 14.4-15.4 ms, 0.53-0.56 -> 0.73-0.75). Consecutive units of a thread
+// that share a line (a unit's bytes not a multiple of 64) carry it from one unit to the next
+// (UnitCarry: InstanceNorm f32 n192c1024h14w14, training forward 17.0-17.4 -> 12.3-13.0 ms,
+// 0.40-0.43 -> 0.55-0.59; backward 21.5-22.4 -> 16.1-16.2 ms, 0.47 -> 0.63-0.64). Beyond the cache
+// (non-temporal stores) units are software-pipelined: y of unit u in 16 KiB chunks, each followed
+// by the statistics of the same chunk of unit u+1, prefetched meanwhile (f32 n32c512h64w64g32, 2
+// threads: 0.74-0.79 -> 0.90-0.93 of the paired non-temporal copy); a cached tensor takes a unit at
+// a time (pipeline_units in kernels.hpp). The backward takes per-channel sum(dy) and sum(dy*(x -
+// mean)) in one pass over the span (they give dgamma/dbeta and the group's two coefficients), then
+// writes dx from the cache; beyond the cache software-pipelined the same way: dx of unit u in 16
+// KiB chunks, each followed by the sums of the same chunk of unit u+1, prefetched meanwhile (f32
+// n32c512h64w64g32, 2 threads: 0.56-0.58 -> 0.67 of the paired non-temporal copy with 128 KiB
+// chunks, 0.67-0.68 -> 0.74-0.77 with 16 KiB ones, kPipelineChunk). NHWC: the unit is a sample's
+// (H*W, C) block; vectorised along C with per-channel patterns (channels_last.hpp): per-channel
+// moments (blocked two-pass + Chan), merged per group with Chan, then y; samples are pipelined the
+// same way (y of sample n block by block, each block followed by the statistics of the same rows of
+// sample n+1; the backward likewise), the blocks in snake order so that a write pass starts on the
+// rows still in L2. A sample larger than the L2 (8 MiB in f32 at n32c512h64w64) is still read twice
+// by the core, once from DRAM and once from the last-level cache for the write pass. Units left
+// over when N*G (NCHW) or N (NHWC) is not a multiple of the thread count are split between the
+// threads and their partials merged after a barrier. dgamma/dbeta: per-thread partials in double,
+// merged once.
 //
 // Limits: NCHW with 1 < H*W < 16 runs with mostly masked vectors, one reduction per channel per
 // unit (correct, not fast); H*W = 1 takes the NHWC path (the same memory).
@@ -112,9 +114,35 @@ void merge_param_partials(const KernelArgs& a, const std::vector<ParamPartials>&
 // ---------------------------------------------------------------------------------------------
 // NCHW: unit u is the contiguous span x + u*L, channel k of the group at offset k*H*W.
 
+/// The line that consecutive units of one thread share when a unit's bytes (or the output's
+/// address) are not a multiple of 64 (InstanceNorm's 14 x 14 planes: 784 bytes), for the
+/// pipelined loops: unit u's tail goes to `line` and unit u+1's head completes it there, to be
+/// written whole with a non-temporal store (write_span_carried; as BatchNorm's PlaneCarry) rather
+/// than by two masked ordinary stores that each read the line from DRAM first. The thread's first
+/// unit writes its head, and its last unit its tail, with ordinary stores. Only with streaming
+/// stores, units of at least 128 bytes that a pipeline chunk holds whole, and one span per unit
+/// (InstanceNorm, or GroupNorm's segmented write); else off.
+struct UnitCarry {
+  alignas(64) unsigned char line[64];
+  bool on = false;
+  template <class T>
+  UnitCarry(const Groups& gr, const T* out, bool stream) {
+    const int64_t bytes = gr.length * static_cast<int64_t>(sizeof(T));
+    const bool partial = ((reinterpret_cast<std::uintptr_t>(out) | bytes) & 63) != 0;
+    on = stream && partial && bytes >= 128 && gr.length <= kPipelineChunk<T> &&
+         (gr.cg == 1 || gr.s >= 16);
+  }
+  /// The ends of unit u of [u0, u1), whole (r is the unit).
+  CarriedEnds ends(int64_t u, int64_t u0, int64_t u1) {
+    if (!on) return {};
+    return {u > u0 ? line : nullptr, u + 1 < u1 ? line : nullptr, true};
+  }
+};
+
 template <class T>
 NB_AVX512 void write_unit(const Typed<T>& t, const KernelArgs& a, const Groups& gr, int64_t u,
-                          Range r, const GroupStats& st, bool stream, Prefetcher& pf) {
+                          Range r, const GroupStats& st, bool stream, Prefetcher& pf,
+                          const CarriedEnds& ends = {}) {
   const int64_t base = u * gr.length, g = u % gr.g;
   if (gr.cg > 1 && gr.s >= 16) {  // one span across the unit's channels (SegmentCursor)
     const float *gamma = a.gamma ? a.gamma + g * gr.cg : nullptr,
@@ -123,13 +151,13 @@ NB_AVX512 void write_unit(const Typed<T>& t, const KernelArgs& a, const Groups& 
       return SegmentAffine{st.mean, (gamma ? gamma[k] : 1.0f) * st.invstd, beta ? beta[k] : 0.0f};
     };
     SegmentedAffineOp<T, decltype(params)> op(t.x + base + r.begin, params, gr.s, r.begin, gr.cg);
-    return write_span(t.y + base + r.begin, r.end - r.begin, stream, op, pf);
+    return write_span_or_carried(t.y + base + r.begin, r.end - r.begin, stream, op, pf, ends);
   }
-  for (Pieces pc(gr.s, gr.s, r.begin, r.end); pc.next();) {
+  for (Pieces pc(gr.s, gr.s, r.begin, r.end); pc.next();) {  // ends.on: one piece (cg = 1)
     const int64_t c = g * gr.cg + pc.offset / gr.s;
     const float gamma = a.gamma ? a.gamma[c] : 1.0f, beta = a.beta ? a.beta[c] : 0.0f;
     AffineOp<T> op(t.x + base + pc.offset, st.mean, gamma * st.invstd, beta);
-    write_span(t.y + base + pc.offset, pc.length, stream, op, pf);
+    write_span_or_carried(t.y + base + pc.offset, pc.length, stream, op, pf, ends);
   }
 }
 
@@ -168,6 +196,7 @@ NB_AVX512 void nchw_forward_units(const Problem& p, const KernelArgs& a, int64_t
   const Groups gr(p);
   const UnitChunks chunks(gr.length, kPipelineChunk<T>);
   Prefetcher none;
+  UnitCarry carry(gr, t.y, stream);
   Moments m;
   if (u0 < u1) m = strided_moments(t.x + u0 * gr.length, gr.length, gr.length, 0, gr.length, none);
   for (int64_t u = u0; u < u1; ++u) {
@@ -180,7 +209,7 @@ NB_AVX512 void nchw_forward_units(const Problem& p, const KernelArgs& a, int64_t
       e = chunks.end(i, gr.length);
       Prefetcher pf;  // the same chunk of unit u+1, a line per line of y
       if (prefetch && more) chunks.prefetch(pf, x_next, i, e, gr.length);
-      write_unit(t, a, gr, u, {i, e}, st, stream, pf);
+      write_unit(t, a, gr, u, {i, e}, st, stream, pf, carry.ends(u, u0, u1));
       if (more)
         next.merge(strided_moments(x_next, gr.length, gr.length, i, e, none,
                                    next.count > 0 ? CenterHint::of(next) : hint));
@@ -251,20 +280,21 @@ NB_AVX512 void nchw_unit_sums(const Typed<T>& t, const KernelArgs& a, const Grou
 
 template <class T>
 NB_AVX512 void write_unit_dx(const Typed<T>& t, const KernelArgs& a, const Groups& gr, int64_t u,
-                             Range r, const GroupBackward& b, bool stream, Prefetcher& pf) {
+                             Range r, const GroupBackward& b, bool stream, Prefetcher& pf,
+                             const CarriedEnds& ends = {}) {
   const int64_t base = u * gr.length, g = u % gr.g;
   const float invstd = a.invstd[u];
   if (gr.cg > 1 && gr.s >= 16) {  // one span across the unit's channels (SegmentCursor)
     SegmentedBackwardOp<T> op(t.x + base + r.begin, t.dy + base + r.begin,
                               a.gamma ? a.gamma + g * gr.cg : nullptr, a.mean[u], invstd, b.c1,
                               b.c0, gr.s, r.begin, gr.cg);
-    return write_span(t.dx + base + r.begin, r.end - r.begin, stream, op, pf);
+    return write_span_or_carried(t.dx + base + r.begin, r.end - r.begin, stream, op, pf, ends);
   }
   for (Pieces pc(gr.s, gr.s, r.begin, r.end); pc.next();) {
     const int64_t c = g * gr.cg + pc.offset / gr.s;
     const float k = (a.gamma ? a.gamma[c] : 1.0f) * invstd;
     BackwardOp<T> op(t.x + base + pc.offset, t.dy + base + pc.offset, a.mean[u], k, b.c1, b.c0);
-    write_span(t.dx + base + pc.offset, pc.length, stream, op, pf);
+    write_span_or_carried(t.dx + base + pc.offset, pc.length, stream, op, pf, ends);
   }
 }
 
@@ -279,6 +309,7 @@ NB_AVX512 void nchw_backward_units(const Problem& p, const KernelArgs& a, int64_
   const UnitChunks chunks(gr.length, kPipelineChunk<T>);
   std::vector<double> sum_dy(gr.cg), sum_dyx(gr.cg), next_dy(gr.cg), next_dyx(gr.cg);
   Prefetcher none;
+  UnitCarry carry(gr, t.dx, stream);
   if (u0 < u1) nchw_unit_sums(t, a, gr, u0, {0, gr.length}, sum_dy.data(), sum_dyx.data(), none);
   for (int64_t u = u0; u < u1; ++u) {
     const GroupBackward b =
@@ -294,7 +325,7 @@ NB_AVX512 void nchw_backward_units(const Problem& p, const KernelArgs& a, int64_
         chunks.prefetch(pf, t.x + next_base, i, e, gr.length);
         chunks.prefetch(pf, t.dy + next_base, i, e, gr.length);
       }
-      write_unit_dx(t, a, gr, u, {i, e}, b, stream, pf);
+      write_unit_dx(t, a, gr, u, {i, e}, b, stream, pf, carry.ends(u, u0, u1));
       if (more) nchw_unit_sums(t, a, gr, u + 1, {i, e}, next_dy.data(), next_dyx.data(), none);
     }
     std::swap(sum_dy, next_dy);

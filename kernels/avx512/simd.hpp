@@ -748,6 +748,21 @@ NB_AVX512_INLINE void write_span_carried(T* out, int64_t n, Op& op, Prefetcher& 
   if (i < n) masked_stores(carry_out ? reinterpret_cast<T*>(carry_out) : out + i, i, n, op);
 }
 
+/// The carried ends of one span for write_span_carried (both null: write_span).
+struct CarriedEnds {
+  unsigned char* in = nullptr;
+  unsigned char* out = nullptr;
+  bool on = false;
+};
+template <class T, class Op>
+NB_AVX512_INLINE void write_span_or_carried(T* out, int64_t n, bool stream, Op& op, Prefetcher& pf,
+                                            const CarriedEnds& ends) {
+  if (ends.on)
+    write_span_carried(out, n, op, pf, ends.in, ends.out);
+  else
+    write_span(out, n, stream, op, pf);
+}
+
 /// y = (x - mean) * scale + shift with per-span scalars (BatchNorm, GroupNorm and InstanceNorm
 /// channels). Subtracting the mean first keeps the large-offset case exact where the folded
 /// x * scale + (shift - mean * scale) would cancel.
