@@ -388,17 +388,25 @@ NB_AVX512_INLINE void accumulate_backward(const T* x, const T* dy, int64_t n, __
 /// elements whose starts are `stride` elements apart (a BatchNorm NCHW channel: N segments of
 /// H*W at stride C*H*W; a contiguous span: seglen = stride = its length). After next() returns
 /// true, [offset, offset + length) is the piece's memory range relative to the unit's base.
+/// (One division at construction, none per piece: a 7 x 7 plane is a piece of 49 elements.)
 struct Pieces {
   int64_t seglen, stride, i, end;
   int64_t offset = 0, length = 0;
+  int64_t seg_start, off;  ///< memory offset of the current segment, position within it
   Pieces(int64_t seglen_, int64_t stride_, int64_t begin, int64_t end_)
-      : seglen(seglen_), stride(stride_), i(begin), end(end_) {}
+      : seglen(seglen_),
+        stride(stride_),
+        i(begin),
+        end(end_),
+        seg_start(begin / seglen_ * stride_),
+        off(begin % seglen_) {}
   bool next() {
     if (i >= end) return false;
-    const int64_t seg = i / seglen, off = i - seg * seglen;
     length = std::min(seglen - off, end - i);
-    offset = seg * stride + off;
+    offset = seg_start + off;
     i += length;
+    off += length;
+    if (off == seglen) off = 0, seg_start += stride;
     return true;
   }
 };
@@ -732,6 +740,7 @@ NB_AVX512_INLINE void write_span_carried(T* out, int64_t n, Op& op, Prefetcher& 
     if (carry_in)
       _mm512_stream_si512(reinterpret_cast<__m512i*>(addr & ~std::uintptr_t{63}),
                           _mm512_load_si512(carry_in));
+    pf.advance(head * static_cast<int64_t>(sizeof(T)));
   }
   int64_t i = head;
   for (; i + 64 <= body_end; i += 64) {
@@ -745,7 +754,10 @@ NB_AVX512_INLINE void write_span_carried(T* out, int64_t n, Op& op, Prefetcher& 
     Io<T>::stream(out + i, op.full(i));
     pf.advance(16 * sizeof(T));
   }
-  if (i < n) masked_stores(carry_out ? reinterpret_cast<T*>(carry_out) : out + i, i, n, op);
+  if (i < n) {
+    masked_stores(carry_out ? reinterpret_cast<T*>(carry_out) : out + i, i, n, op);
+    pf.advance((n - i) * static_cast<int64_t>(sizeof(T)));
+  }
 }
 
 /// The carried ends of one span for write_span_carried (both null: write_span).
