@@ -125,19 +125,19 @@ struct PlaneCarry {
     if (stream && !split && partial && bytes >= 128 && g.s <= kPipelineChunk<T>)
       lines = storage.data();
   }
-  /// The carry line of plane n for channel c of [c0, c1): in (its head completes it) or out.
-  unsigned char* in(int64_t n, int64_t c, int64_t c0) const {
-    return lines && c > c0 ? lines + 64 * n : nullptr;
-  }
-  unsigned char* out(int64_t n, int64_t c, int64_t c1) const {
-    return lines && c + 1 < c1 ? lines + 64 * n : nullptr;
+  /// The carried ends of plane n of channel c of [c0, c1): its head completes the line the
+  /// previous channel's plane left (not for c0), its tail starts the next one's (not for c1 - 1).
+  CarriedEnds ends(int64_t n, int64_t c, int64_t c0, int64_t c1) const {
+    if (!lines) return {};
+    return {c > c0 ? lines + 64 * n : nullptr, c + 1 < c1 ? lines + 64 * n : nullptr, true};
   }
 };
 
-/// Channel range [c0, c1) and the carry of the calling loop (none: write every plane alone).
+/// Channel c of [c0, c1) and the carry of the calling loop (none: write every plane alone).
 struct ChannelCarry {
   const PlaneCarry* carry = nullptr;
   int64_t c = 0, c0 = 0, c1 = 0;
+  CarriedEnds ends(int64_t n) const { return carry ? carry->ends(n, c, c0, c1) : CarriedEnds{}; }
 };
 
 template <class T>
@@ -146,13 +146,7 @@ NB_AVX512 void write_channel(const T* x, T* y, const Slices& g, int64_t begin, i
                              const ChannelCarry& cc = {}) {
   for (Pieces pc(g.s, g.stride, begin, end); pc.next();) {
     AffineOp<T> op(x + pc.offset, f.mean, f.scale, f.shift);
-    if (cc.carry && cc.carry->lines) {
-      const int64_t n = pc.offset / g.stride;
-      write_span_carried(y + pc.offset, pc.length, op, pf, cc.carry->in(n, cc.c, cc.c0),
-                         cc.carry->out(n, cc.c, cc.c1));
-    } else {
-      write_span(y + pc.offset, pc.length, stream, op, pf);
-    }
+    write_span_or_carried(y + pc.offset, pc.length, stream, op, pf, cc.ends(pc.segment));
   }
 }
 
@@ -162,13 +156,7 @@ NB_AVX512 void write_channel_dx(const T* x, const T* dy, T* dx, const Slices& g,
                                 const ChannelCarry& cc = {}) {
   for (Pieces pc(g.s, g.stride, begin, end); pc.next();) {
     BackwardOp<T> op(x + pc.offset, dy + pc.offset, b.mean, b.k, b.c1, b.c0);
-    if (cc.carry && cc.carry->lines) {
-      const int64_t n = pc.offset / g.stride;
-      write_span_carried(dx + pc.offset, pc.length, op, pf, cc.carry->in(n, cc.c, cc.c0),
-                         cc.carry->out(n, cc.c, cc.c1));
-    } else {
-      write_span(dx + pc.offset, pc.length, stream, op, pf);
-    }
+    write_span_or_carried(dx + pc.offset, pc.length, stream, op, pf, cc.ends(pc.segment));
   }
 }
 

@@ -391,22 +391,23 @@ NB_AVX512_INLINE void accumulate_backward(const T* x, const T* dy, int64_t n, __
 /// (One division at construction, none per piece: a 7 x 7 plane is a piece of 49 elements.)
 struct Pieces {
   int64_t seglen, stride, i, end;
-  int64_t offset = 0, length = 0;
+  int64_t offset = 0, length = 0, segment;  ///< segment: the index of the piece's segment
   int64_t seg_start, off;  ///< memory offset of the current segment, position within it
   Pieces(int64_t seglen_, int64_t stride_, int64_t begin, int64_t end_)
       : seglen(seglen_),
         stride(stride_),
         i(begin),
         end(end_),
+        segment(begin / seglen_),
         seg_start(begin / seglen_ * stride_),
         off(begin % seglen_) {}
   bool next() {
     if (i >= end) return false;
+    if (off == seglen) off = 0, seg_start += stride, ++segment;
     length = std::min(seglen - off, end - i);
     offset = seg_start + off;
     i += length;
     off += length;
-    if (off == seglen) off = 0, seg_start += stride;
     return true;
   }
 };
