@@ -654,6 +654,24 @@ NB_AVX512 BackwardSums strided_backward_sums(const T* x, const T* dy, int64_t se
 // ---------------------------------------------------------------------------------------------
 // Writing an output span.
 
+/// out[i] = op(i) with non-temporal stores of whole vectors from i (64-byte aligned) while a
+/// vector fits before `end`; returns where it stopped. pf advances with the bytes consumed.
+template <class T, class Op>
+NB_AVX512_INLINE int64_t stream_body(T* out, int64_t i, int64_t end, Op& op, Prefetcher& pf) {
+  for (; i + 64 <= end; i += 64) {
+    Io<T>::stream(out + i, op.full(i));
+    Io<T>::stream(out + i + 16, op.full(i + 16));
+    Io<T>::stream(out + i + 32, op.full(i + 32));
+    Io<T>::stream(out + i + 48, op.full(i + 48));
+    pf.advance(64 * sizeof(T));
+  }
+  for (; i + 16 <= end; i += 16) {
+    Io<T>::stream(out + i, op.full(i));
+    pf.advance(16 * sizeof(T));
+  }
+  return i;
+}
+
 /// out[i] = op(i) for i in [0, n). Op provides
 ///   __m512 full(int64_t i)                       lanes i .. i+15
 ///   __m512 part(int64_t i, __mmask16 m, int k)   the first k lanes (others don't matter)
@@ -679,17 +697,7 @@ NB_AVX512_INLINE void write_span(T* out, int64_t n, bool stream, Op& op, Prefetc
       Io<T>::store(out + i, op.part(i, m, k), m);
       i += k;
     }
-    for (; i + 64 <= n; i += 64) {
-      Io<T>::stream(out + i, op.full(i));
-      Io<T>::stream(out + i + 16, op.full(i + 16));
-      Io<T>::stream(out + i + 32, op.full(i + 32));
-      Io<T>::stream(out + i + 48, op.full(i + 48));
-      pf.advance(64 * sizeof(T));
-    }
-    for (; i + 16 <= n; i += 16) {
-      Io<T>::stream(out + i, op.full(i));
-      pf.advance(16 * sizeof(T));
-    }
+    i = stream_body(out, i, n, op, pf);
   } else {
     for (; i + 64 <= n; i += 64) {
       Io<T>::store(out + i, op.full(i));
@@ -743,18 +751,7 @@ NB_AVX512_INLINE void write_span_carried(T* out, int64_t n, Op& op, Prefetcher& 
                           _mm512_load_si512(carry_in));
     pf.advance(head * static_cast<int64_t>(sizeof(T)));
   }
-  int64_t i = head;
-  for (; i + 64 <= body_end; i += 64) {
-    Io<T>::stream(out + i, op.full(i));
-    Io<T>::stream(out + i + 16, op.full(i + 16));
-    Io<T>::stream(out + i + 32, op.full(i + 32));
-    Io<T>::stream(out + i + 48, op.full(i + 48));
-    pf.advance(64 * sizeof(T));
-  }
-  for (; i + 16 <= body_end; i += 16) {
-    Io<T>::stream(out + i, op.full(i));
-    pf.advance(16 * sizeof(T));
-  }
+  const int64_t i = stream_body(out, head, body_end, op, pf);
   if (i < n) {
     masked_stores(carry_out ? reinterpret_cast<T*>(carry_out) : out + i, i, n, op);
     pf.advance((n - i) * static_cast<int64_t>(sizeof(T)));
