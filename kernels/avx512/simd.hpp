@@ -654,19 +654,37 @@ NB_AVX512 BackwardSums strided_backward_sums(const T* x, const T* dy, int64_t se
 // ---------------------------------------------------------------------------------------------
 // Writing an output span.
 
-/// out[i] = op(i) with non-temporal stores of whole vectors from i (64-byte aligned) while a
-/// vector fits before `end`; returns where it stopped. pf advances with the bytes consumed.
+/// Elements [begin, end) of op's span to dst[0 .. end - begin) with masked ordinary stores.
 template <class T, class Op>
-NB_AVX512_INLINE int64_t stream_body(T* out, int64_t i, int64_t end, Op& op, Prefetcher& pf) {
+NB_AVX512_INLINE void masked_stores(T* dst, int64_t begin, int64_t end, Op& op) {
+  for (int64_t i = begin; i < end; i += 16) {
+    const int k = static_cast<int>(std::min<int64_t>(16, end - i));
+    const __mmask16 m = first_lanes(k);
+    Io<T>::store(dst + (i - begin), op.part(i, m, k), m);
+  }
+}
+
+/// out[i] = op(i) for whole vectors from i while a vector fits before `end`, with non-temporal
+/// stores (kStream; i 64-byte aligned) or ordinary ones; returns where it stopped. pf advances
+/// with the bytes consumed.
+template <bool kStream, class T>
+NB_AVX512_INLINE void put_vector(T* p, __m512 v) {
+  if constexpr (kStream)
+    Io<T>::stream(p, v);
+  else
+    Io<T>::store(p, v);
+}
+template <bool kStream, class T, class Op>
+NB_AVX512_INLINE int64_t write_body(T* out, int64_t i, int64_t end, Op& op, Prefetcher& pf) {
   for (; i + 64 <= end; i += 64) {
-    Io<T>::stream(out + i, op.full(i));
-    Io<T>::stream(out + i + 16, op.full(i + 16));
-    Io<T>::stream(out + i + 32, op.full(i + 32));
-    Io<T>::stream(out + i + 48, op.full(i + 48));
+    put_vector<kStream>(out + i, op.full(i));
+    put_vector<kStream>(out + i + 16, op.full(i + 16));
+    put_vector<kStream>(out + i + 32, op.full(i + 32));
+    put_vector<kStream>(out + i + 48, op.full(i + 48));
     pf.advance(64 * sizeof(T));
   }
   for (; i + 16 <= end; i += 16) {
-    Io<T>::stream(out + i, op.full(i));
+    put_vector<kStream>(out + i, op.full(i));
     pf.advance(16 * sizeof(T));
   }
   return i;
@@ -691,41 +709,12 @@ NB_AVX512_INLINE void write_span(T* out, int64_t n, bool stream, Op& op, Prefetc
   const auto addr = reinterpret_cast<std::uintptr_t>(out);
   if (stream && n * static_cast<int64_t>(sizeof(T)) >= kStreamMinBytes && addr % sizeof(T) == 0) {
     const int64_t head = std::min<int64_t>(n, ((64 - (addr & 63)) & 63) / sizeof(T));
-    while (i < head) {
-      const int k = static_cast<int>(std::min<int64_t>(16, head - i));
-      const __mmask16 m = first_lanes(k);
-      Io<T>::store(out + i, op.part(i, m, k), m);
-      i += k;
-    }
-    i = stream_body(out, i, n, op, pf);
+    masked_stores(out, 0, head, op);
+    i = write_body<true>(out, head, n, op, pf);
   } else {
-    for (; i + 64 <= n; i += 64) {
-      Io<T>::store(out + i, op.full(i));
-      Io<T>::store(out + i + 16, op.full(i + 16));
-      Io<T>::store(out + i + 32, op.full(i + 32));
-      Io<T>::store(out + i + 48, op.full(i + 48));
-      pf.advance(64 * sizeof(T));
-    }
-    for (; i + 16 <= n; i += 16) {
-      Io<T>::store(out + i, op.full(i));
-      pf.advance(16 * sizeof(T));
-    }
+    i = write_body<false>(out, 0, n, op, pf);
   }
-  if (i < n) {
-    const int k = static_cast<int>(n - i);
-    const __mmask16 m = first_lanes(k);
-    Io<T>::store(out + i, op.part(i, m, k), m);
-  }
-}
-
-/// Elements [begin, end) of op's span to dst[0 .. end - begin) with masked ordinary stores.
-template <class T, class Op>
-NB_AVX512_INLINE void masked_stores(T* dst, int64_t begin, int64_t end, Op& op) {
-  for (int64_t i = begin; i < end; i += 16) {
-    const int k = static_cast<int>(std::min<int64_t>(16, end - i));
-    const __mmask16 m = first_lanes(k);
-    Io<T>::store(dst + (i - begin), op.part(i, m, k), m);
-  }
+  masked_stores(out + i, i, n, op);
 }
 
 /// write_span with streaming stores for a span that another span, written later by the same
@@ -751,7 +740,7 @@ NB_AVX512_INLINE void write_span_carried(T* out, int64_t n, Op& op, Prefetcher& 
                           _mm512_load_si512(carry_in));
     pf.advance(head * static_cast<int64_t>(sizeof(T)));
   }
-  const int64_t i = stream_body(out, head, body_end, op, pf);
+  const int64_t i = write_body<true>(out, head, body_end, op, pf);
   if (i < n) {
     masked_stores(carry_out ? reinterpret_cast<T*>(carry_out) : out + i, i, n, op);
     pf.advance((n - i) * static_cast<int64_t>(sizeof(T)));
