@@ -38,7 +38,8 @@ bool is_peer(const std::string& backend) {
 std::vector<std::string> shapes_for(Method m) {
   switch (m) {
     case Method::batchnorm:
-      return {"n1c3h5w7", "n2c251h3w3", "n3c1h1w1", "n2c17h1w1", "n4c16h8w8", "n2c33h19w19"};
+      return {"n1c3h5w7",  "n2c251h3w3", "n3c1h1w1",    "n2c17h1w1",
+              "n4c16h8w8", "n3c50h7w7",  "n4c50h13w13", "n2c33h19w19"};
     case Method::layernorm:
     case Method::rmsnorm:
       return {"t3d1", "t5d17", "t2d1000", "t1d4100", "t7d64", "n2c3h5w7"};

@@ -26,6 +26,20 @@
 // bf16, whose 392-byte planes were too short for streaming stores, 20.5-21.0 -> 7.1-7.2 ms;
 // backward f32 23.6-25.8 -> 20.3-22.2 ms; n384c1024h7w7 f32 training forward 29.6-29.8 ->
 // 11.6-11.8 ms).
+// Planes of at most 512 bytes (7 x 7, and 14 x 14 in 16-bit types), taken channel by channel,
+// are read as one short piece per sample (196 bytes for 7 x 7 f32, 200 KiB apart at C = 1024),
+// which DRAM serves at about half the rate of runs of a few KiB; there each thread takes its
+// channels in blocks of consecutive channels (channel_block: runs of up to 2 KiB per sample): each
+// channel's statistics from the L2-resident block (the backward's two sums for the whole block in
+// one sample-major sweep, block_backward_sums), y/dx one run per sample written as one span across
+// the block's planes, the next block prefetched meanwhile. 2 threads, interleaved with the previous
+// code, fraction of the paired non-temporal copy: ResNet-50's n50c2048h7w7 training forward f32
+// 0.62 -> 0.86 (1.34-1.40 -> 0.97-0.99 ms), bf16 0.23 -> 0.64-0.65; backward f32 0.62-0.63 ->
+// 0.87-0.88, bf16 0.31-0.32 -> 0.74-0.75; n384c1024h7w7 f32 training forward 10.9-11.5 -> 4.9-5.0
+// ms (0.30 -> 0.67-0.68), backward 18.3-18.8 -> 13.2-13.3 ms (0.27 -> 0.37); n192c1024h14w14 bf16
+// training forward 0.57-0.58 -> 0.64-0.68, backward 0.44-0.45 -> 0.46-0.51. Pieces that short also
+// take accumulate_short_deviations (simd.hpp) for the statistics, which carries its accumulators
+// from piece to piece (n384c1024h7w7 training forward 6.0-6.3 -> 5.2-5.5 ms in one A/B run).
 // Inference: y = (x - running_mean) * a + beta with a = gamma / sqrt(running_var + eps), one
 // streaming pass split evenly over the threads, each range written as one span across its (n, c)
 // planes (SegmentedAffineOp) when H*W >= 16, so that a line shared by two planes is not completed
@@ -38,7 +52,11 @@
 // moments/sums across threads, then write y/dx in a second pass over their rows (x is read twice
 // once the tensor exceeds the cache, as the traffic model counts).
 //
-// Limits: NCHW with 1 < H*W < 16 runs with mostly masked vectors (correct, not fast).
+// Limits: NCHW with 1 < H*W < 16 runs with mostly masked vectors (correct, not fast). The
+// backward with 7 x 7 planes at C = 1024 runs at 0.33-0.37 (n384c1024h7w7) against 0.47-0.53
+// at C = 1000: the planes of a channel then lie a multiple of 4 KiB apart (49 x 4 KiB), and the
+// write pass, which perf puts at 1.6 times its time at C = 1000, suffers (not resolved: the
+// forward, with one input, loses 5-10 %).
 #include <vector>
 
 #include "kernels/avx512/channels_last.hpp"
@@ -240,6 +258,88 @@ NB_AVX512 void nchw_train_channels_cached(const Problem& p, const KernelArgs& a,
   }
 }
 
+/// Channels per block for the NCHW training passes on small planes (nchw_train_blocks,
+/// nchw_backward_blocks), or 1 (channel by channel): for planes of at most kBlockPlaneBytes, as
+/// many consecutive channels as make a run of at most kBlockRunBytes per sample, so that the DRAM
+/// reads and prefetches of a unit are runs of 1-2 KiB instead of single planes, and a block's
+/// slice of x (slice_bytes per channel) at most kBlockSliceBytes so that it and the next block's
+/// (with dy, for the backward) stay in L2. Measured on the Intel hosts (2 threads): reading an
+/// n384c1024h7w7 f32 tensor in block order (196-byte planes 200 KiB apart) moves 15-23 GB/s a
+/// channel at a time, 26-43 GB/s 8 channels at a time, 36-48 GB/s in order. Training forward,
+/// interleaved runs: n384c1024h7w7 f32 k = 6 (the rule) 4.4-4.7 ms, k = 3 5.0, k = 13 5.7-6.1;
+/// n192c1024h14w14 bf16 (392-byte planes) k = 5 4.7-5.0 ms, k = 1 5.4-5.6; f32 (784-byte planes)
+/// k = 1 8.2-8.9 ms, k = 2 8.8, k = 3 9.0-9.3, hence kBlockPlaneBytes.
+inline constexpr int64_t kBlockPlaneBytes = 512;
+inline constexpr int64_t kBlockRunBytes = 2048;
+inline constexpr int64_t kBlockSliceBytes = 512 << 10;
+inline int64_t channel_block(int64_t plane_bytes, int64_t slice_bytes, int64_t channels) {
+  if (plane_bytes <= 0 || plane_bytes > kBlockPlaneBytes || slice_bytes <= 0) return 1;
+  return std::max<int64_t>(
+      1, std::min({kBlockRunBytes / plane_bytes, kBlockSliceBytes / slice_bytes, channels,
+                   kMaxBlockChannels}));
+}
+
+/// A block of k consecutive channels [cb, cb + k) as one strided unit: N runs of k * H*W
+/// elements, C*H*W apart (the layout of one channel with planes k times larger).
+inline Slices block_slices(Slices g, int64_t k) {
+  g.length = g.length / g.s * g.s * k;
+  g.s *= k;
+  return g;
+}
+
+/// The blocks of k channels of a thread's channels [c0, c1): block b holds channels
+/// [first, first + size) (the last one may be smaller); `next` channels follow it in the range.
+struct ChannelBlocks {
+  int64_t c0, c1, k, count;
+  ChannelBlocks(int64_t c0_, int64_t c1_, int64_t k_)
+      : c0(c0_), c1(c1_), k(k_), count((c1_ - c0_ + k_ - 1) / k_) {}
+  struct Block {
+    int64_t first, size, next;
+  };
+  Block operator[](int64_t b) const {
+    const int64_t first = c0 + b * k, size = std::min(k, c1 - first);
+    return {first, size, std::min(k, c1 - first - size)};
+  }
+};
+
+/// Training forward of whole channels [c0, c1) by one thread in blocks of k channels
+/// (channel_block), for planes too small to read well one channel at a time: each channel's
+/// moments over its N planes (from L2: the block was prefetched while the previous one was
+/// processed), then y of the block one run of k planes per sample, each run one span across its
+/// k channels (SegmentedAffineOp), the next block prefetched in step with both passes; the lines
+/// shared by two blocks' runs are carried (PlaneCarry).
+template <class T>
+NB_AVX512 void nchw_train_blocks(const Problem& p, const KernelArgs& a, int64_t c0, int64_t c1,
+                                 int64_t k, bool stream, bool prefetch) {
+  const Typed<T> t(a);
+  const Slices g(p);
+  const PlaneCarry carry(block_slices(g, k), t.y, stream, false);
+  std::vector<SegmentAffine> f(k);
+  CenterHint hint;  // the previous channel's statistics center this one's first block
+  const ChannelBlocks blocks(c0, c1, k);
+  for (int64_t b = 0; b < blocks.count; ++b) {
+    const auto [cb, kk, next] = blocks[b];
+    Prefetcher pf;  // the next block, over this block's passes (moments, then y)
+    pf.pace(2);
+    if (prefetch && next > 0)
+      pf.add(t.x + (cb + kk) * g.s, p.n, next * g.s * sizeof(T), g.stride * sizeof(T));
+    for (int64_t j = 0; j < kk; ++j) {
+      const Moments m = strided_moments(t.x + (cb + j) * g.s, g.s, g.stride, 0, g.length, pf, hint);
+      hint = CenterHint::of(m);
+      const ChannelAffine ca = train_affine(p, a, cb + j, m, true);
+      f[j] = {ca.mean, ca.scale, ca.shift};
+    }
+    const SegmentAffine* fb = f.data();
+    const auto params = [fb](int64_t j) { return fb[j]; };
+    for (int64_t n = 0; n < p.n; ++n) {
+      const int64_t o = n * g.stride + cb * g.s;
+      SegmentedAffineOp<T, decltype(params)> op(t.x + o, params, g.s, 0, kk);
+      write_span_or_carried(t.y + o, kk * g.s, stream, op, pf, carry.ends(n, b, 0, blocks.count));
+    }
+  }
+  end_streaming(stream);
+}
+
 template <class T>
 NB_AVX512 Moments nchw_channel_moments(const Problem& p, const KernelArgs& a, int64_t c, Range r) {
   const Slices g(p);
@@ -273,7 +373,10 @@ void nchw_train(const Problem& p, const KernelArgs& a) {
                              prefetch);
     } else {
       const int64_t per_thread = p.c / nt;
-      if (pipeline_units(stream))
+      const int64_t k = channel_block(p.spatial() * sizeof(T), length * sizeof(T), per_thread);
+      if (pipeline_units(stream) && k > 1 && p.spatial() >= 16)
+        nchw_train_blocks<T>(p, a, t * per_thread, (t + 1) * per_thread, k, stream, prefetch);
+      else if (pipeline_units(stream))
         nchw_train_channels<T>(p, a, t * per_thread, (t + 1) * per_thread, {0, length}, false,
                                partial, stream, prefetch);
       else
@@ -401,6 +504,47 @@ NB_AVX512 void nchw_backward_channels_cached(const Problem& p, const KernelArgs&
   }
 }
 
+/// Backward of whole channels [c0, c1) by one thread in blocks of k channels (channel_block),
+/// as nchw_train_blocks: each channel's two sums and dgamma/dbeta, then dx of the block one run
+/// of k planes per sample, one span across its channels (SegmentedChannelsBackwardOp), the next
+/// block's x and dy prefetched in step with both passes, the lines shared by two blocks' runs
+/// carried.
+template <class T>
+NB_AVX512 void nchw_backward_blocks(const Problem& p, const KernelArgs& a, int64_t c0, int64_t c1,
+                                    int64_t k, bool stream, bool prefetch) {
+  const Typed<T> t(a);
+  const Slices g(p);
+  const PlaneCarry carry(block_slices(g, k), t.dx, stream, false);
+  std::vector<SegmentBackward> f(k);
+  const ChannelBlocks blocks(c0, c1, k);
+  for (int64_t b = 0; b < blocks.count; ++b) {
+    const auto [cb, kk, next] = blocks[b];
+    Prefetcher pf;  // the next block's x and dy, over this block's passes (sums, then dx)
+    pf.pace(2);
+    if (prefetch && next > 0) {
+      const int64_t run = next * g.s * sizeof(T), stride = g.stride * sizeof(T);
+      pf.add(t.x + (cb + kk) * g.s, p.n, run, stride);
+      pf.add(t.dy + (cb + kk) * g.s, p.n, run, stride);
+    }
+    BackwardSums sums[kMaxBlockChannels];
+    block_backward_sums(t.x + cb * g.s, t.dy + cb * g.s, g.s, g.stride, p.n, kk, a.mean + cb, sums,
+                        pf);
+    for (int64_t j = 0; j < kk; ++j) {
+      const ChannelBackward cbw =
+          backward_coefficients(a, cb + j, sums[j], static_cast<double>(g.length), true);
+      f[j] = {cbw.mean, cbw.k, cbw.c1, cbw.c0};
+    }
+    const SegmentBackward* fb = f.data();
+    const auto params = [fb](int64_t j) { return fb[j]; };
+    for (int64_t n = 0; n < p.n; ++n) {
+      const int64_t o = n * g.stride + cb * g.s;
+      SegmentedChannelsBackwardOp<T, decltype(params)> op(t.x + o, t.dy + o, params, g.s, 0, kk);
+      write_span_or_carried(t.dx + o, kk * g.s, stream, op, pf, carry.ends(n, b, 0, blocks.count));
+    }
+  }
+  end_streaming(stream);
+}
+
 template <class T>
 NB_AVX512 BackwardSums nchw_channel_backward_sums(const Problem& p, const KernelArgs& a, int64_t c,
                                                   Range r) {
@@ -440,7 +584,10 @@ void nchw_backward(const Problem& p, const KernelArgs& a) {
                                 prefetch);
     } else {
       const int64_t per_thread = p.c / nt;
-      if (pipeline_units(stream))
+      const int64_t k = channel_block(p.spatial() * sizeof(T), length * sizeof(T), per_thread);
+      if (pipeline_units(stream) && k > 1 && p.spatial() >= 16)
+        nchw_backward_blocks<T>(p, a, t * per_thread, (t + 1) * per_thread, k, stream, prefetch);
+      else if (pipeline_units(stream))
         nchw_backward_channels<T>(p, a, t * per_thread, (t + 1) * per_thread, {0, length}, false,
                                   partial, stream, prefetch);
       else

@@ -524,6 +524,53 @@ inline constexpr double kMaxCenterOffset = 2.0;
 /// (no subtraction; the check against kMaxCenterOffset still applies to the block's own mean).
 inline constexpr double kZeroCenterOffset = 0.5;
 
+/// Segments at most this long (BatchNorm's 7 x 7 planes) take accumulate_short_deviations.
+inline constexpr int64_t kShortSegment = 64;
+
+/// accumulate_deviations over the pieces of [b0, b1) of a strided unit of short segments, with
+/// fp32 accumulators carried from piece to piece (s1's folded into double every 256 elements or
+/// so, as accumulate_deviations does): per piece, a fold of each accumulator cost as much as its
+/// 49 elements. Advances pf once per piece.
+template <class T, bool kShifted = true>
+NB_AVX512_INLINE void accumulate_short_deviations(const T* base, int64_t seglen, int64_t stride,
+                                                  int64_t b0, int64_t b1, __m512 center,
+                                                  Prefetcher& pf, __m512d& s1, __m512& s2) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, q0 = a0, q1 = a0;
+  int64_t pending = 0;
+  for (Pieces pc(seglen, stride, b0, b1); pc.next();) {
+    const T* x = base + pc.offset;
+    int64_t i = 0;
+    for (; i + 32 <= pc.length; i += 32) {
+      const __m512 d0 = deviation<kShifted>(center, Io<T>::load(x + i));
+      const __m512 d1 = deviation<kShifted>(center, Io<T>::load(x + i + 16));
+      a0 = _mm512_add_ps(a0, d0);
+      a1 = _mm512_add_ps(a1, d1);
+      q0 = _mm512_fmadd_ps(d0, d0, q0);
+      q1 = _mm512_fmadd_ps(d1, d1, q1);
+    }
+    if (i + 16 <= pc.length) {
+      const __m512 d = deviation<kShifted>(center, Io<T>::load(x + i));
+      a0 = _mm512_add_ps(a0, d);
+      q0 = _mm512_fmadd_ps(d, d, q0);
+      i += 16;
+    }
+    if (i < pc.length) {
+      const __mmask16 m = first_lanes(pc.length - i);
+      const __m512 d = _mm512_maskz_sub_ps(m, Io<T>::load(x + i, m), center);
+      a1 = _mm512_add_ps(a1, d);
+      q1 = _mm512_fmadd_ps(d, d, q1);
+    }
+    pf.advance(pc.length * sizeof(T));
+    if ((pending += pc.length) >= 256) {
+      s1 = _mm512_add_pd(s1, widen_pairs(_mm512_add_ps(a0, a1)));
+      a0 = a1 = _mm512_setzero_ps();
+      pending = 0;
+    }
+  }
+  s1 = _mm512_add_pd(s1, widen_pairs(_mm512_add_ps(a0, a1)));
+  s2 = _mm512_add_ps(s2, _mm512_add_ps(q0, q1));
+}
+
 /// sum(x - center) and sum((x - center)^2) over [b0, b1) of a strided unit (the second pass).
 template <class T>
 NB_AVX512_INLINE void deviation_pass(const T* base, int64_t seglen, int64_t stride, int64_t b0,
@@ -531,15 +578,23 @@ NB_AVX512_INLINE void deviation_pass(const T* base, int64_t seglen, int64_t stri
                                      double& d2) {
   __m512d s1 = _mm512_setzero_pd();
   __m512 s2 = _mm512_setzero_ps();
-  for (Pieces pc(seglen, stride, b0, b1); pc.next();)
-    for (int64_t o = 0; o < pc.length; o += kPrefetchChunk<T>) {
-      const int64_t len = std::min(kPrefetchChunk<T>, pc.length - o);
-      if (center == 0.0f)
-        accumulate_deviations<T, false>(base + pc.offset + o, len, _mm512_setzero_ps(), s1, s2);
-      else
-        accumulate_deviations(base + pc.offset + o, len, _mm512_set1_ps(center), s1, s2);
-      pf.advance(len * sizeof(T));
-    }
+  if (seglen <= kShortSegment) {
+    if (center == 0.0f)
+      accumulate_short_deviations<T, false>(base, seglen, stride, b0, b1, _mm512_setzero_ps(), pf,
+                                            s1, s2);
+    else
+      accumulate_short_deviations(base, seglen, stride, b0, b1, _mm512_set1_ps(center), pf, s1, s2);
+  } else {
+    for (Pieces pc(seglen, stride, b0, b1); pc.next();)
+      for (int64_t o = 0; o < pc.length; o += kPrefetchChunk<T>) {
+        const int64_t len = std::min(kPrefetchChunk<T>, pc.length - o);
+        if (center == 0.0f)
+          accumulate_deviations<T, false>(base + pc.offset + o, len, _mm512_setzero_ps(), s1, s2);
+        else
+          accumulate_deviations(base + pc.offset + o, len, _mm512_set1_ps(center), s1, s2);
+        pf.advance(len * sizeof(T));
+      }
+  }
   d1 = _mm512_reduce_add_pd(s1);
   d2 = reduce_to_double(s2);
 }
@@ -649,6 +704,39 @@ NB_AVX512 BackwardSums strided_backward_sums(const T* x, const T* dy, int64_t se
     total.dy_x += reduce_to_double(sdyx);
   }
   return total;
+}
+
+/// The most channels block_backward_sums takes at once.
+inline constexpr int64_t kMaxBlockChannels = 64;
+
+/// BackwardSums of the k <= kMaxBlockChannels consecutive channels of a block (BatchNorm NCHW:
+/// channel j's plane of sample n at x + n * stride + j * seglen; mean[j] its mean) into sums[j],
+/// sample by sample, so that x and dy are read as runs of k planes in address order: fp32 vector
+/// accumulators per channel, folded into double every kBlock elements of a channel (as
+/// strided_backward_sums). One pass for pf.
+template <class T>
+NB_AVX512 void block_backward_sums(const T* x, const T* dy, int64_t seglen, int64_t stride,
+                                   int64_t samples, int64_t k, const float* mean,
+                                   BackwardSums* sums, Prefetcher& pf) {
+  __m512 sdy[kMaxBlockChannels], sdyx[kMaxBlockChannels], mu[kMaxBlockChannels];
+  for (int64_t j = 0; j < k; ++j) {
+    sdy[j] = sdyx[j] = _mm512_setzero_ps();
+    mu[j] = _mm512_set1_ps(mean[j]);
+    sums[j] = {};
+  }
+  const int64_t fold = std::max<int64_t>(1, kBlock<T> / seglen);  // samples per fp32 block
+  for (int64_t n = 0; n < samples; ++n) {
+    const int64_t o = n * stride;
+    for (int64_t j = 0; j < k; ++j)
+      accumulate_backward(x + o + j * seglen, dy + o + j * seglen, seglen, mu[j], sdy[j], sdyx[j]);
+    pf.advance(k * seglen * static_cast<int64_t>(sizeof(T)));
+    if ((n + 1) % fold == 0 || n + 1 == samples)
+      for (int64_t j = 0; j < k; ++j) {
+        sums[j].dy += reduce_to_double(sdy[j]);
+        sums[j].dy_x += reduce_to_double(sdyx[j]);
+        sdy[j] = sdyx[j] = _mm512_setzero_ps();
+      }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -911,6 +999,53 @@ struct SegmentedBackwardOp {
       kk = _mm512_mask_mov_ps(kk, m, _mm512_set1_ps(k_of(at.idx + 1)));
     if (at.advance(n)) k = _mm512_set1_ps(k_of(at.idx));
     return _mm512_fmadd_ps(kk, g, _mm512_fmadd_ps(_mm512_sub_ps(xv, mean), c1, c0));
+  }
+  NB_AVX512_INLINE __m512 full(int64_t i) {
+    return compute(Io<T>::load(x + i), Io<T>::load(dy + i), 16);
+  }
+  NB_AVX512_INLINE __m512 part(int64_t i, __mmask16 m, int n) {
+    return compute(Io<T>::load(x + i, m), Io<T>::load(dy + i, m), n);
+  }
+};
+
+/// The scalars of dx = k * dy + (x - mean) * c1 + c0 for one segment.
+struct SegmentBackward {
+  float mean, k, c1, c0;
+};
+
+/// BackwardOp over segments of seglen elements with the scalars params(s) of segment s (a
+/// callable returning SegmentBackward): dx of a block of BatchNorm channels across its planes (x,
+/// dy, begin, segments as in SegmentedAffineOp).
+template <class T, class Params>
+struct SegmentedChannelsBackwardOp {
+  const T* x;
+  const T* dy;
+  Params params;
+  __m512 mean, k, c1, c0;
+  SegmentCursor at;
+  NB_AVX512_INLINE SegmentedChannelsBackwardOp(const T* x_, const T* dy_, Params params_,
+                                               int64_t seglen, int64_t begin, int64_t segments)
+      : x(x_), dy(dy_), params(params_), at(seglen, begin, segments) {
+    load_segment();
+  }
+  NB_AVX512_INLINE void load_segment() {
+    const SegmentBackward f = params(at.idx);
+    mean = _mm512_set1_ps(f.mean);
+    k = _mm512_set1_ps(f.k);
+    c1 = _mm512_set1_ps(f.c1);
+    c0 = _mm512_set1_ps(f.c0);
+  }
+  NB_AVX512_INLINE __m512 compute(__m512 xv, __m512 g, int n) {
+    __m512 mu = mean, kk = k, a1 = c1, a0 = c0;
+    if (const __mmask16 m = at.spill(n)) {
+      const SegmentBackward f = params(at.idx + 1);
+      mu = _mm512_mask_mov_ps(mu, m, _mm512_set1_ps(f.mean));
+      kk = _mm512_mask_mov_ps(kk, m, _mm512_set1_ps(f.k));
+      a1 = _mm512_mask_mov_ps(a1, m, _mm512_set1_ps(f.c1));
+      a0 = _mm512_mask_mov_ps(a0, m, _mm512_set1_ps(f.c0));
+    }
+    if (at.advance(n)) load_segment();
+    return _mm512_fmadd_ps(kk, g, _mm512_fmadd_ps(_mm512_sub_ps(xv, mu), a1, a0));
   }
   NB_AVX512_INLINE __m512 full(int64_t i) {
     return compute(Io<T>::load(x + i), Io<T>::load(dy + i), 16);
