@@ -21,16 +21,24 @@
 // writes dx from the cache; beyond the cache software-pipelined the same way: dx of unit u in 16
 // KiB chunks, each followed by the sums of the same chunk of unit u+1, prefetched meanwhile (f32
 // n32c512h64w64g32, 2 threads: 0.56-0.58 -> 0.67 of the paired non-temporal copy with 128 KiB
-// chunks, 0.67-0.68 -> 0.74-0.77 with 16 KiB ones, kPipelineChunk). NHWC: the unit is a sample's
-// (H*W, C) block; vectorised along C with per-channel patterns (channels_last.hpp): per-channel
-// moments (blocked two-pass + Chan), merged per group with Chan, then y; samples are pipelined the
-// same way (y of sample n block by block, each block followed by the statistics of the same rows of
-// sample n+1; the backward likewise), the blocks in snake order so that a write pass starts on the
-// rows still in L2. A sample larger than the L2 (8 MiB in f32 at n32c512h64w64) is still read twice
-// by the core, once from DRAM and once from the last-level cache for the write pass. Units left
-// over when N*G (NCHW) or N (NHWC) is not a multiple of the thread count are split between the
-// threads and their partials merged after a barrier. dgamma/dbeta: per-thread partials in double,
-// merged once.
+// chunks, 0.67-0.68 -> 0.74-0.77 with 16 KiB ones, kPipelineChunk). Units under 4 KiB
+// (InstanceNorm's 7 x 7 and 14 x 14 planes) go 16 at a time instead (nchw_forward_small_units,
+// nchw_backward_small_units): the batch's statistics, then its y/dx, the units 16 KiB ahead
+// prefetched meanwhile; unit by unit, each small unit's statistics and the write that waits for
+// them formed one dependent chain per unit, and the prefetch of unit u+1 was read right after
+// being issued (InstanceNorm, 2 threads, interleaved, fraction of the paired non-temporal copy:
+// n192c1024h14w14 f32 training forward 0.56-0.57 -> 0.75, backward 0.62-0.64 -> 0.82, fwd_infer
+// 0.59-0.62 -> 0.80, bf16 training forward 0.35-0.36 -> 0.57, backward 0.44-0.46 -> 0.64-0.70;
+// n384c1024h7w7 f32 training forward 0.22-0.25 -> 0.43-0.44, backward 0.34-0.36 -> 0.55-0.56).
+// NHWC: the unit is a sample's (H*W, C) block; vectorised along C with per-channel patterns
+// (channels_last.hpp): per-channel moments (blocked two-pass + Chan), merged per group with Chan,
+// then y; samples are pipelined the same way (y of sample n block by block, each block followed by
+// the statistics of the same rows of sample n+1; the backward likewise), the blocks in snake order
+// so that a write pass starts on the rows still in L2. A sample larger than the L2 (8 MiB in f32 at
+// n32c512h64w64) is still read twice by the core, once from DRAM and once from the last-level cache
+// for the write pass. Units left over when N*G (NCHW) or N (NHWC) is not a multiple of the thread
+// count are split between the threads and their partials merged after a barrier. dgamma/dbeta:
+// per-thread partials in double, merged once.
 //
 // Limits: NCHW with 1 < H*W < 16 runs with mostly masked vectors, one reduction per channel per
 // unit (correct, not fast); H*W = 1 takes the NHWC path (the same memory).
@@ -182,20 +190,6 @@ NB_AVX512 void nchw_forward_units_cached(const Problem& p, const KernelArgs& a, 
   }
 }
 
-/// How many units ahead the pipelined loops below prefetch: the next unit, or for units under
-/// kLeadUnitBytes the one about kPipelineChunk ahead (a thread's units are contiguous): a
-/// prefetch issued while one small unit is written is read right after it, before DRAM has
-/// answered. InstanceNorm f32, 2 threads, interleaved: n192c1024h14w14 (784-byte units) training
-/// forward 13.6-13.8 -> 12.1-12.3 ms, backward 18.3 -> 15.2-16.5 ms; n384c1024h7w7 forward
-/// 12.9-15.2 -> 12.1-12.5 ms, backward 15.7-16.0 -> 14.3-14.4 ms. The config's 8 KiB bf16 planes
-/// gained nothing in the forward and measured 0-10 % slower in the backward, hence the bound.
-inline constexpr int64_t kLeadUnitBytes = 4096;
-template <class T>
-int64_t prefetch_lead(int64_t unit_length) {
-  if (unit_length * static_cast<int64_t>(sizeof(T)) >= kLeadUnitBytes) return 1;
-  return (kPipelineChunk<T> + unit_length - 1) / unit_length;
-}
-
 /// Forward of whole units [u0, u1) by one thread for tensors beyond the cache, pipelined like
 /// BatchNorm's NCHW channels: y of unit u is written one chunk (kPipelineChunk) at a time, each
 /// followed by the moments of the same chunk of unit u+1, whose lines were prefetched into L2
@@ -213,23 +207,72 @@ NB_AVX512 void nchw_forward_units(const Problem& p, const KernelArgs& a, int64_t
   UnitCarry carry(gr, t.y, stream);
   Moments m;
   if (u0 < u1) m = strided_moments(t.x + u0 * gr.length, gr.length, gr.length, 0, gr.length, none);
-  const int64_t lead = prefetch_lead<T>(gr.length);
   for (int64_t u = u0; u < u1; ++u) {
     const GroupStats st = group_stats(p, a, u, m, true);
     const CenterHint hint = CenterHint::of(m);  // centers unit u+1's first chunk
-    const bool more = u + 1 < u1, ahead = u + lead < u1;
+    const bool more = u + 1 < u1;
     const T* x_next = t.x + (u + 1) * gr.length;
     Moments next;
     for (int64_t i = 0, e; i < gr.length; i = e) {
       e = chunks.end(i, gr.length);
-      Prefetcher pf;  // the same chunk of unit u+lead, a line per line of y
-      if (prefetch && ahead) chunks.prefetch(pf, t.x + (u + lead) * gr.length, i, e, gr.length);
+      Prefetcher pf;  // the same chunk of unit u+1, a line per line of y
+      if (prefetch && more) chunks.prefetch(pf, x_next, i, e, gr.length);
       write_unit(t, a, gr, u, {i, e}, st, stream, pf, carry.ends(u, u0, u1));
       if (more)
         next.merge(strided_moments(x_next, gr.length, gr.length, i, e, none,
                                    next.count > 0 ? CenterHint::of(next) : hint));
     }
     m = next;
+  }
+  end_streaming(stream);
+}
+
+/// Units under this many bytes take the small-unit loops below (beyond the cache).
+inline constexpr int64_t kSmallUnitBytes = 4096;
+
+/// Units per batch of the small-unit loops below.
+inline constexpr int64_t kSmallUnitBatch = 16;
+
+/// How many units ahead the small-unit loops prefetch: about kPipelineChunk (a thread's units are
+/// contiguous). The unit-by-unit pipelines prefetch unit u+1 while unit u is written, which for a
+/// small unit is read right after, before DRAM has answered: prefetching 16 KiB ahead instead
+/// took InstanceNorm f32 n192c1024h14w14 (784-byte units, 2 threads, interleaved) training
+/// forward 13.6-13.8 -> 12.1-12.3 ms and backward 18.3 -> 15.2-16.5 ms there.
+template <class T>
+int64_t prefetch_lead(int64_t unit_length) {
+  return (kPipelineChunk<T> + unit_length - 1) / unit_length;
+}
+
+/// Forward of whole units [u0, u1) under kSmallUnitBytes by one thread for tensors beyond the
+/// cache, kSmallUnitBatch units at a time: the batch's moments (centered by the previous batch's
+/// last unit), their statistics, then their y, the units about kPipelineChunk ahead prefetched in
+/// step with both passes. Unit by unit (nchw_forward_units), each small unit's statistics, their
+/// square root and division, and the write that waits for them form one chain of dependent
+/// instructions too long for the out-of-order window to overlap with the next unit's; in batches
+/// the chains of a batch's units are independent.
+template <class T>
+NB_AVX512 void nchw_forward_small_units(const Problem& p, const KernelArgs& a, int64_t u0,
+                                        int64_t u1, bool stream, bool prefetch) {
+  const Typed<T> t(a);
+  const Groups gr(p);
+  const int64_t length = gr.length, lead = prefetch_lead<T>(length);
+  UnitCarry carry(gr, t.y, stream);
+  GroupStats st[kSmallUnitBatch];
+  CenterHint hint;
+  for (int64_t b0 = u0; b0 < u1; b0 += kSmallUnitBatch) {
+    const int64_t b1 = std::min(u1, b0 + kSmallUnitBatch);
+    Prefetcher pf;  // units [b0, b1) + lead, over the batch's two passes
+    pf.pace(2);
+    if (prefetch && b0 + lead < u1)
+      pf.add(t.x + (b0 + lead) * length, 1,
+             (std::min(u1, b1 + lead) - b0 - lead) * length * sizeof(T), 0);
+    Moments m[kSmallUnitBatch];
+    for (int64_t u = b0; u < b1; ++u)
+      m[u - b0] = strided_moments(t.x + u * length, length, length, 0, length, pf, hint);
+    for (int64_t u = b0; u < b1; ++u) st[u - b0] = group_stats(p, a, u, m[u - b0], true);
+    hint = CenterHint::of(m[b1 - b0 - 1]);
+    for (int64_t u = b0; u < b1; ++u)
+      write_unit(t, a, gr, u, {0, length}, st[u - b0], stream, pf, carry.ends(u, u0, u1));
   }
   end_streaming(stream);
 }
@@ -263,7 +306,9 @@ void nchw_forward(const Problem& p, const KernelArgs& a) {
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t per_thread = units / nt;
-    if (pipeline_units(stream))
+    if (pipeline_units(stream) && gr.length * static_cast<int64_t>(sizeof(T)) < kSmallUnitBytes)
+      nchw_forward_small_units<T>(p, a, t * per_thread, (t + 1) * per_thread, stream, prefetch);
+    else if (pipeline_units(stream))
       nchw_forward_units<T>(p, a, t * per_thread, (t + 1) * per_thread, stream, prefetch);
     else
       nchw_forward_units_cached<T>(p, a, t * per_thread, (t + 1) * per_thread, prefetch);
@@ -326,26 +371,65 @@ NB_AVX512 void nchw_backward_units(const Problem& p, const KernelArgs& a, int64_
   Prefetcher none;
   UnitCarry carry(gr, t.dx, stream);
   if (u0 < u1) nchw_unit_sums(t, a, gr, u0, {0, gr.length}, sum_dy.data(), sum_dyx.data(), none);
-  const int64_t lead = prefetch_lead<T>(gr.length);
   for (int64_t u = u0; u < u1; ++u) {
     const GroupBackward b =
         group_backward(a, gr, u % gr.g, a.invstd[u], sum_dy.data(), sum_dyx.data(), pp, true);
-    const bool more = u + 1 < u1, ahead = u + lead < u1;
-    const int64_t ahead_base = (u + lead) * gr.length;
+    const bool more = u + 1 < u1;
+    const int64_t next_base = (u + 1) * gr.length;
     std::fill(next_dy.begin(), next_dy.end(), 0.0);
     std::fill(next_dyx.begin(), next_dyx.end(), 0.0);
     for (int64_t i = 0, e; i < gr.length; i = e) {
       e = chunks.end(i, gr.length);
-      Prefetcher pf;  // x and dy of the same chunk of unit u+lead, a line of each per line of dx
-      if (prefetch && ahead) {
-        chunks.prefetch(pf, t.x + ahead_base, i, e, gr.length);
-        chunks.prefetch(pf, t.dy + ahead_base, i, e, gr.length);
+      Prefetcher pf;  // x and dy of the same chunk of unit u+1, a line of each per line of dx
+      if (prefetch && more) {
+        chunks.prefetch(pf, t.x + next_base, i, e, gr.length);
+        chunks.prefetch(pf, t.dy + next_base, i, e, gr.length);
       }
       write_unit_dx(t, a, gr, u, {i, e}, b, stream, pf, carry.ends(u, u0, u1));
       if (more) nchw_unit_sums(t, a, gr, u + 1, {i, e}, next_dy.data(), next_dyx.data(), none);
     }
     std::swap(sum_dy, next_dy);
     std::swap(sum_dyx, next_dyx);
+  }
+  end_streaming(stream);
+}
+
+/// Backward of whole units [u0, u1) under kSmallUnitBytes by one thread for tensors beyond the
+/// cache, kSmallUnitBatch units at a time (as nchw_forward_small_units): the batch's per-channel
+/// sums, their coefficients, then their dx, the x and dy of the units about kPipelineChunk ahead
+/// prefetched in step with both passes.
+template <class T>
+NB_AVX512 void nchw_backward_small_units(const Problem& p, const KernelArgs& a, int64_t u0,
+                                         int64_t u1, ParamPartials& pp, bool stream,
+                                         bool prefetch) {
+  const Typed<T> t(a);
+  const Groups gr(p);
+  const int64_t length = gr.length, lead = prefetch_lead<T>(length);
+  std::vector<double> sum_dy(kSmallUnitBatch * gr.cg), sum_dyx(kSmallUnitBatch * gr.cg);
+  UnitCarry carry(gr, t.dx, stream);
+  GroupBackward b[kSmallUnitBatch];
+  for (int64_t b0 = u0; b0 < u1; b0 += kSmallUnitBatch) {
+    const int64_t b1 = std::min(u1, b0 + kSmallUnitBatch);
+    Prefetcher pf;  // x and dy of units [b0, b1) + lead, over the batch's two passes
+    pf.pace(2);
+    if (prefetch && b0 + lead < u1) {
+      const int64_t bytes = (std::min(u1, b1 + lead) - b0 - lead) * length * sizeof(T);
+      pf.add(t.x + (b0 + lead) * length, 1, bytes, 0);
+      pf.add(t.dy + (b0 + lead) * length, 1, bytes, 0);
+    }
+    std::fill(sum_dy.begin(), sum_dy.end(), 0.0);
+    std::fill(sum_dyx.begin(), sum_dyx.end(), 0.0);
+    for (int64_t u = b0; u < b1; ++u) {
+      const int64_t i = (u - b0) * gr.cg;
+      nchw_unit_sums(t, a, gr, u, {0, length}, sum_dy.data() + i, sum_dyx.data() + i, pf);
+    }
+    for (int64_t u = b0; u < b1; ++u) {
+      const int64_t i = (u - b0) * gr.cg;
+      b[u - b0] = group_backward(a, gr, u % gr.g, a.invstd[u], sum_dy.data() + i,
+                                 sum_dyx.data() + i, pp, true);
+    }
+    for (int64_t u = b0; u < b1; ++u)
+      write_unit_dx(t, a, gr, u, {0, length}, b[u - b0], stream, pf, carry.ends(u, u0, u1));
   }
   end_streaming(stream);
 }
@@ -404,7 +488,10 @@ void nchw_backward(const Problem& p, const KernelArgs& a) {
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t per_thread = units / nt;
-    if (pipeline_units(stream))
+    if (pipeline_units(stream) && gr.length * static_cast<int64_t>(sizeof(T)) < kSmallUnitBytes)
+      nchw_backward_small_units<T>(p, a, t * per_thread, (t + 1) * per_thread, pp[t], stream,
+                                   prefetch);
+    else if (pipeline_units(stream))
       nchw_backward_units<T>(p, a, t * per_thread, (t + 1) * per_thread, pp[t], stream, prefetch);
     else
       nchw_backward_units_cached<T>(p, a, t * per_thread, (t + 1) * per_thread, pp[t], prefetch);
