@@ -53,10 +53,12 @@
 // once the tensor exceeds the cache, as the traffic model counts).
 //
 // Limits: NCHW with 1 < H*W < 16 runs with mostly masked vectors (correct, not fast). The
-// backward with 7 x 7 planes at C = 1024 runs at 0.33-0.37 (n384c1024h7w7) against 0.47-0.53
-// at C = 1000: the planes of a channel then lie a multiple of 4 KiB apart (49 x 4 KiB), and the
-// write pass, which perf puts at 1.6 times its time at C = 1000, suffers (not resolved: the
-// forward, with one input, loses 5-10 %).
+// backward on small planes with power-of-two C: n192c1024h14w14 f32 0.43-0.62 of the paired copy
+// against 0.75 at C = 1000, n384c1024h7w7 0.37 against 0.47-0.53. The L2's set index repeats
+// every 128 KiB, and a channel's planes then lie 16 KiB (14 x 14) or 4 KiB (7 x 7) multiples
+// apart modulo 128 KiB: 14 x 14 planes fall on 104 of the 2048 sets, 24 lines of x and 24 of dy
+// per 16-way set (7 x 7: 12 and 12), so the slice does not stay in L2 between the two passes and
+// is read again from the last-level cache (README, CPU results).
 #include <vector>
 
 #include "kernels/avx512/channels_last.hpp"
