@@ -75,7 +75,7 @@ void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
 #endif
 #define NB_CUDA_NAMESPACE nb_cuda_emu
 
-#define __global__
+#define __global__ inline  // kernels defined in headers, included by several translation units
 #define __device__
 #define __host__
 #define __forceinline__ inline

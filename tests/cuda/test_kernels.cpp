@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <set>
@@ -20,6 +21,7 @@
 #include "channel_norms.cuh"
 #include "emu/emulated_backend.hpp"
 #include "emu/simt.hpp"
+#include "rows.cuh"
 #include "suites/core/agreement.hpp"
 #include "suites/core/case_data.hpp"
 #include "suites/core/sweep.hpp"
@@ -119,6 +121,64 @@ TEST(CudaEmulated, RowLengths1To300) {
       EXPECT_EQ(why, "");
     }
   }
+}
+
+// The register-resident row kernels (rows_regs_config): every plan they have (warp or block per
+// row, packs per thread, forward and backward, 32- and 16-bit types) is reached by these row
+// lengths and agrees with the reference; 5 rows, so that a block of 4 warp-rows has a partial
+// last block and the backward's warps merge their dgamma/dbeta in shared memory. Lengths whose
+// rows are not 16-byte multiples in a dtype take the shared-memory kernels and are checked too.
+TEST(CudaEmulated, RowsRegisterPlans) {
+  std::set<std::string> seen;
+  int k = 0;
+  for (Method m : {Method::layernorm, Method::rmsnorm})
+    for (Pass pass : {Pass::fwd_train, Pass::bwd})
+      for (DType dt : kAllDTypes)
+        for (int d : {64, 132, 264, 400, 1000, 2056, 4100, 8192, 16400}) {
+          const Problem p = problem(m, pass, dt, Layout::nchw, fmt::format("t5d{}", d), k % 5 != 4);
+          const auto c = nb_cuda_emu::rows_regs_config(p, nb_cuda_emu::DeviceLimits{});
+          if (c)
+            seen.insert(fmt::format("{} {} {} {}", pass == Pass::bwd ? "bwd" : "fwd",
+                                    element_size(dt) * 8, c->warp_per_row ? "warp" : "block",
+                                    c->packs));
+          const Distribution dist = k % 2 ? Distribution::large_offset : Distribution::normal;
+          EXPECT_EQ(check(p, dist, 0, kOrders[k % 3]), "");
+          ++k;
+        }
+  const std::set<std::string> want = {
+      "fwd 32 warp 1",  "fwd 32 warp 2", "fwd 32 warp 4", "fwd 32 warp 8", "fwd 32 block 4",
+      "fwd 32 block 8", "fwd 16 warp 1", "fwd 16 warp 2", "fwd 16 warp 4", "fwd 16 block 2",
+      "fwd 16 block 4", "bwd 32 warp 1", "bwd 32 warp 2", "bwd 32 warp 4", "bwd 32 block 4",
+      "bwd 16 warp 1",  "bwd 16 warp 2", "bwd 16 block 2"};
+  EXPECT_EQ(seen, want);
+}
+
+// A misaligned tensor, a permuted gamma (LayerNorm of an NHWC image) and rows too long for the
+// registers take the shared-memory kernels; NB_CUDA_ROWS=shared forces them.
+TEST(CudaEmulated, RowsRegisterFallbacks) {
+  const nb_cuda_emu::DeviceLimits lim;
+  Problem p = problem(Method::layernorm, Pass::bwd, DType::f32, Layout::nchw, "t2d8196");
+  EXPECT_FALSE(nb_cuda_emu::rows_regs_config(p, lim));  // 2049 packs > 512 threads x 4
+  p = problem(Method::layernorm, Pass::fwd_train, DType::f32, Layout::nhwc, "n2c8h2w2");
+  EXPECT_FALSE(nb_cuda_emu::rows_regs_config(p, lim));
+  p.affine = false;
+  EXPECT_TRUE(nb_cuda_emu::rows_regs_config(p, lim));
+  p = problem(Method::rmsnorm, Pass::fwd_train, DType::bf16, Layout::nchw, "t2d132");
+  EXPECT_FALSE(nb_cuda_emu::rows_regs_config(p, lim));  // 264-byte rows
+  p = problem(Method::rmsnorm, Pass::fwd_train, DType::f32, Layout::nchw, "t2d132");
+  EXPECT_TRUE(nb_cuda_emu::rows_regs_config(p, lim));
+  KernelArgs a;
+  alignas(16) float buf[8] = {};
+  a.x = buf;
+  a.y = buf;
+  EXPECT_TRUE(nb_cuda_emu::rows_regs_aligned(a));
+  a.y = buf + 1;
+  EXPECT_FALSE(nb_cuda_emu::rows_regs_aligned(a));
+  ::setenv("NB_CUDA_ROWS", "shared", 1);
+  EXPECT_FALSE(nb_cuda_emu::rows_regs_config(p, lim));
+  EXPECT_EQ(check(p, Distribution::normal, 0, Order::forward), "");
+  ::unsetenv("NB_CUDA_ROWS");
+  EXPECT_TRUE(nb_cuda_emu::rows_regs_config(p, lim));
 }
 
 struct ShapeCase {
