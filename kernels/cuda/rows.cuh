@@ -451,14 +451,28 @@ __global__ void __launch_bounds__(512) rows_backward_regs_kernel(RowsParams p) {
   }
 }
 
-/// out[j] = sum over parts of partial[part][j], in part order (deterministic); j < n.
-__global__ void __launch_bounds__(256)
+/// Threads of column_sum_kernel's blocks: 32 columns x kColumnSumSlices slices of the parts.
+constexpr int kColumnSumSlices = 16;
+
+/// out[j] = sum over parts of partial[part][j] for j < n: a block takes 32 consecutive columns
+/// (coalesced reads of each part's row), its 16 warps the parts k = w, w + 16, ..., each summed in
+/// part order, then the 16 slices in slice order (fixed order: deterministic, no atomics). One
+/// thread per column summing all parts, as before, left most SMs idle and each thread a chain of
+/// `parts` dependent loads. Block: 32 * kColumnSumSlices threads; grid: ceil(n / 32).
+__global__ void __launch_bounds__(512)
     column_sum_kernel(const float* partial, std::int64_t parts, std::int64_t n, float* out) {
-  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= n) return;
+  NB_SHARED(float, slice, 32 * kColumnSumSlices);
+  const int lane = static_cast<int>(threadIdx.x) % 32, w = static_cast<int>(threadIdx.x) / 32;
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * 32 + lane;
   float s = 0.f;
-  for (std::int64_t k = 0; k < parts; ++k) s += partial[k * n + j];
-  out[j] = s;
+  if (j < n)
+    for (std::int64_t k = w; k < parts; k += kColumnSumSlices) s += partial[k * n + j];
+  slice[w * 32 + lane] = s;
+  __syncthreads();
+  if (w != 0 || j >= n) return;
+  float total = 0.f;
+  for (int q = 0; q < kColumnSumSlices; ++q) total += slice[q * 32 + lane];
+  out[j] = total;
 }
 
 // ---------------------------------------------------------------------------------- launchers
@@ -685,7 +699,7 @@ void rows_run(const nb::Problem& p, const nb::KernelArgs& a, void* workspace,
     }
   }
   if (!p.affine) return;
-  const dim3 col_grid(static_cast<unsigned>(ceil_div(r.d, 256))), col_block(256);
+  const dim3 col_grid(static_cast<unsigned>(ceil_div(r.d, 32))), col_block(32 * kColumnSumSlices);
   launch_kernel("column_sum_kernel", column_sum_kernel, col_grid, col_block, 0, stream,
                 r.dgamma_partial, partial_rows, r.d, a.dgamma);
   if (!rms)

@@ -181,6 +181,21 @@ TEST(CudaEmulated, RowsRegisterFallbacks) {
   EXPECT_TRUE(nb_cuda_emu::rows_regs_config(p, lim));
 }
 
+// dgamma/dbeta from many partial rows (column_sum_kernel's slices each take several parts): 100
+// rows on an emulated device of 64 SMs give 25-100 blocks of partials, for the register kernels
+// (aligned) and the shared-memory ones (misaligned by one element).
+TEST(CudaEmulated, RowsManyPartials) {
+  int k = 0;
+  for (Method m : {Method::layernorm, Method::rmsnorm})
+    for (DType dt : kAllDTypes)
+      for (const char* shape : {"t100d64", "t100d1000"})
+        for (std::size_t misalign : {std::size_t{0}, element_size(dt)}) {
+          const Problem p = problem(m, Pass::bwd, dt, Layout::nchw, shape);
+          EXPECT_EQ(check(p, Distribution::normal, misalign, kOrders[k++ % 3], emulated_with(64)),
+                    "");
+        }
+}
+
 struct ShapeCase {
   Method method;
   std::string shape;
