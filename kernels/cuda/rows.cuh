@@ -316,8 +316,10 @@ __global__ void __launch_bounds__(1024) rows_forward_regs_kernel(RowsParams p) {
   }
   float acc = 0.f;
   NB_UNROLL
-  for (int k = 0; k < kPacks; ++k) NB_UNROLL
-  for (int e = 0; e < kSize; ++e) acc += kRms ? v[k][e] * v[k][e] : v[k][e];
+  for (int k = 0; k < kPacks; ++k) {
+    NB_UNROLL
+    for (int e = 0; e < kSize; ++e) acc += kRms ? v[k][e] * v[k][e] : v[k][e];
+  }
   const float total = row_sum<kWarpPerRow>(acc, scratch);
   const float inv_d = 1.f / static_cast<float>(d);
   float mean = 0.f, invstd;
@@ -396,13 +398,15 @@ __global__ void __launch_bounds__(512) rows_backward_regs_kernel(RowsParams p) {
     const float mean = kRms ? 0.f : p.mean[row], invstd = p.invstd[row];
     float s_gd = 0.f, s_gdx = 0.f;  // sum g*dy, sum g*dy*xhat
     NB_UNROLL
-    for (int k = 0; k < kPacks; ++k) NB_UNROLL
-    for (int e = 0; e < kSize; ++e) {
-      xv[k][e] = (xv[k][e] - mean) * invstd;  // xhat from here on
-      s_gd += g[k][e] * gv[k][e];
-      s_gdx += g[k][e] * gv[k][e] * xv[k][e];
-      dg[k][e] += gv[k][e] * xv[k][e];
-      db[k][e] += gv[k][e];
+    for (int k = 0; k < kPacks; ++k) {
+      NB_UNROLL
+      for (int e = 0; e < kSize; ++e) {
+        xv[k][e] = (xv[k][e] - mean) * invstd;  // xhat from here on
+        s_gd += g[k][e] * gv[k][e];
+        s_gdx += g[k][e] * gv[k][e] * xv[k][e];
+        dg[k][e] += gv[k][e] * xv[k][e];
+        db[k][e] += gv[k][e];
+      }
     }
     const float m_gd = kRms ? 0.f : row_sum<kWarpPerRow>(s_gd, scratch) * inv_d;
     const float m_gdx = row_sum<kWarpPerRow>(s_gdx, scratch) * inv_d;
