@@ -4,9 +4,9 @@
 #
 #   scripts/gpu_session.sh build
 #       here, on the development machine: a Release build for sm_90 (H100/H200) only in build-gpu/,
-#       and the runtime libraries the GPU machine's image lacks (fmt, Google Benchmark, OpenMP) in
-#       build-gpu/lib/. Carry build-gpu/normbench, build-gpu/tests/normbench_tests and
-#       build-gpu/lib to the GPU machine (about 30 MB).
+#       and the runtime libraries the GPU machine's image lacks (fmt, Google Benchmark, OpenMP, and
+#       the CUDA runtime it was linked with) in build-gpu/lib/. Carry build-gpu/normbench,
+#       build-gpu/tests/normbench_tests and build-gpu/lib to the GPU machine (about 18 MB).
 #
 #   scripts/gpu_session.sh run OUTDIR [SECONDS]
 #       on the GPU machine, in the repository root: the device, `normbench list`, the agreement
@@ -35,7 +35,7 @@ case "${1:-}" in
     mkdir -p build-gpu/lib
     # Runtime libraries outside glibc/libstdc++/CUDA/cuDNN, resolved here, copied by soname.
     ldd build-gpu/normbench build-gpu/tests/normbench_tests |
-      awk '$3 ~ /^\// && $1 ~ /^lib(fmt|benchmark|gomp)/ {print $3}' | sort -u |
+      awk '$3 ~ /^\// && $1 ~ /^lib(fmt|benchmark|gomp|cudart)/ {print $3}' | sort -u |
       while read -r lib; do cp -L "$lib" build-gpu/lib/; done
     ls -l build-gpu/normbench build-gpu/tests/normbench_tests build-gpu/lib
     ;;
