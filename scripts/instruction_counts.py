@@ -7,7 +7,10 @@ valgrind 3.19 cannot decode AVX-512, so this covers the code paths it can run: t
 the OpenMP backend at one thread (its run-time dispatch sees valgrind's CPU, which has no
 AVX-512). Each case runs `normbench exec REPRO --backend B --iterations 4 --threads 1` under
 `valgrind --tool=callgrind --instr-atstart=no`: only the four runs are counted, not input
-generation.
+generation, and not glibc's allocator (malloc.c): its instructions depend on the heap's layout,
+which moves with the command line and the environment (the same binary counted 56,282 and 56,705
+instructions on one case, run by a relative and by an absolute path, all of the difference in
+malloc.c), while the kernels' own counts did not move.
 
 Usage:
   instruction_counts.py --normbench build/normbench --write results/baseline/callgrind.csv
@@ -31,6 +34,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 BACKENDS = ["reference", "openmp"]
 CASES = [
@@ -46,17 +50,38 @@ CASES = [
     "rmsnorm:bwd:f32:nchw:t64d1024:eps1e-06",
 ]
 COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+# A function's line of `callgrind_annotate --threshold=100`: "1,604 ( 2.85%)  file:function [object]".
+FUNCTION = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(\S+?):")
+
+
+def allocator_instructions(annotated: str) -> int:
+    """Instructions of functions in glibc's malloc.c, from callgrind_annotate's per-function
+    list (exclusive counts; the PROGRAM TOTALS line has no file and is skipped)."""
+    total = 0
+    for line in annotated.splitlines():
+        m = FUNCTION.match(line)
+        if m and m.group(2).endswith("malloc/malloc.c"):
+            total += int(m.group(1).replace(",", ""))
+    return total
 
 
 def count(normbench: str, backend: str, repro: str) -> int:
-    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
-           normbench, "exec", repro, "--backend", backend, "--iterations", "4", "--threads", "1"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    m = COLLECTED.search(res.stderr)
-    if res.returncode != 0 or not m:
-        raise SystemExit(f"instruction_counts.py: error: {' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
-    return int(m.group(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+               normbench, "exec", repro, "--backend", backend, "--iterations", "4", "--threads", "1"]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        m = COLLECTED.search(res.stderr)
+        if res.returncode != 0 or not m:
+            raise SystemExit(f"instruction_counts.py: error: {' '.join(cmd)} failed:\n"
+                             f"{res.stderr[-2000:]}")
+        ann = subprocess.run(["callgrind_annotate", "--threshold=100", out], capture_output=True,
+                             text=True)
+        if ann.returncode != 0:
+            raise SystemExit(f"instruction_counts.py: error: callgrind_annotate failed:\n"
+                             f"{ann.stderr[-2000:]}")
+        return int(m.group(1)) - allocator_instructions(ann.stdout)
 
 
 def measure(normbench: str) -> dict[tuple[str, str], int]:
