@@ -68,6 +68,22 @@ NB_DEVICE float row_sum(float v, float* scratch) {
     return block_sum(v, scratch);
 }
 
+/// The row's statistics from the team's sum of x (LayerNorm) or of x^2 (RMSNorm): RMSNorm's
+/// invstd = 1/sqrt(mean(x^2) + eps); LayerNorm's mean, then invstd from the exact second pass
+/// sum (x - mean)^2 that `deviations(mean)` returns for this thread's elements.
+template <bool kRms, bool kWarpPerRow, class Deviations>
+NB_DEVICE void row_statistics(float total, std::int64_t d, float eps, float* scratch,
+                              Deviations deviations, float& mean, float& invstd) {
+  const float inv_d = 1.f / static_cast<float>(d);
+  mean = 0.f;
+  if constexpr (kRms) {
+    invstd = rsqrtf(total * inv_d + eps);
+  } else {
+    mean = total * inv_d;
+    invstd = rsqrtf(row_sum<kWarpPerRow>(deviations(mean), scratch) * inv_d + eps);
+  }
+}
+
 template <class T, bool kRms, bool kWarpPerRow>
 __global__ void __launch_bounds__(1024) rows_forward_kernel(RowsParams p) {
   NB_DYNAMIC_SHARED(float, cache);
@@ -99,29 +115,26 @@ __global__ void __launch_bounds__(1024) rows_forward_kernel(RowsParams p) {
           acc += kRms ? v * v : v;
         }
       });
-  const float total = row_sum<kWarpPerRow>(acc, scratch);
-  const float inv_d = 1.f / static_cast<float>(d);
-  float mean = 0.f, invstd;
-  if constexpr (kRms) {
-    invstd = rsqrtf(total * inv_d + p.eps);
-  } else {
-    mean = total * inv_d;
-    float m2 = 0.f;  // second pass over this thread's own cached elements
+  float mean, invstd;
+  auto deviations = [&](float m) {  // over this thread's own cached elements
+    float m2 = 0.f;
     for_each_aligned<T>(
         x, d, tid, tpr, p.vectorize,
         [&](std::int64_t i) {
-          const float c = s[i] - mean;
+          const float c = s[i] - m;
           m2 += c * c;
         },
         [&](std::int64_t i) {
           NB_UNROLL
           for (int k = 0; k < Pack<T>::size; ++k) {
-            const float c = s[i + k] - mean;
+            const float c = s[i + k] - m;
             m2 += c * c;
           }
         });
-    invstd = rsqrtf(row_sum<kWarpPerRow>(m2, scratch) * inv_d + p.eps);
-  }
+    return m2;
+  };
+  row_statistics<kRms, kWarpPerRow>(row_sum<kWarpPerRow>(acc, scratch), d, p.eps, scratch,
+                                    deviations, mean, invstd);
   auto out = [&](std::int64_t i) {
     float v = (s[i] - mean) * invstd;
     if (p.gamma) {
@@ -320,22 +333,19 @@ __global__ void __launch_bounds__(1024) rows_forward_regs_kernel(RowsParams p) {
     NB_UNROLL
     for (int e = 0; e < kSize; ++e) acc += kRms ? v[k][e] * v[k][e] : v[k][e];
   }
-  const float total = row_sum<kWarpPerRow>(acc, scratch);
-  const float inv_d = 1.f / static_cast<float>(d);
-  float mean = 0.f, invstd;
-  if constexpr (kRms) {
-    invstd = rsqrtf(total * inv_d + p.eps);
-  } else {
-    mean = total * inv_d;
-    float m2 = 0.f;  // exact second pass over the registers
+  float mean, invstd;
+  auto deviations = [&](float m) {  // exact second pass over the registers
+    float m2 = 0.f;
     NB_UNROLL
     for (int k = 0; k < kPacks; ++k) {
       if (tid + static_cast<std::int64_t>(k) * tpr >= npacks) continue;
       NB_UNROLL
-      for (int e = 0; e < kSize; ++e) m2 += (v[k][e] - mean) * (v[k][e] - mean);
+      for (int e = 0; e < kSize; ++e) m2 += (v[k][e] - m) * (v[k][e] - m);
     }
-    invstd = rsqrtf(row_sum<kWarpPerRow>(m2, scratch) * inv_d + p.eps);
-  }
+    return m2;
+  };
+  row_statistics<kRms, kWarpPerRow>(row_sum<kWarpPerRow>(acc, scratch), d, p.eps, scratch,
+                                    deviations, mean, invstd);
   NB_UNROLL
   for (int k = 0; k < kPacks; ++k) {
     const std::int64_t j = tid + static_cast<std::int64_t>(k) * tpr;
