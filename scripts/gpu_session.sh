@@ -11,10 +11,10 @@
 #   scripts/gpu_session.sh run OUTDIR [SECONDS]
 #       on the GPU machine, in the repository root: the device, `normbench list`, the agreement
 #       tests of the GPU backends (every method, pass, dtype and layout on the awkward shapes), the
-#       sweep of configs/gpu.toml into OUTDIR/gpu.csv, and the LayerNorm/RMSNorm rows of that
-#       config again with the shared-memory row kernels (NB_CUDA_ROWS=shared) into
-#       OUTDIR/gpu_rows_shared.csv, so the register-resident kernels are compared with them on the
-#       same device. Each step has a share of SECONDS (default 480); a sweep cut short keeps the
+#       sweep of configs/gpu.toml into OUTDIR/gpu.csv (its first cases are the LLM rows of the
+#       LayerNorm/RMSNorm goals), and those rows' training forward and backward again with the
+#       shared-memory row kernels (NB_CUDA_ROWS=shared) into OUTDIR/gpu_rows_shared.csv, so the
+#       register-resident kernels are compared with them on the same device. Each step has a share of SECONDS (default 480); a sweep cut short keeps the
 #       rows it wrote (rows are appended as they complete). cuDNN comes from the image's
 #       nvidia-cudnn wheel when the system has none. Logs go to OUTDIR too.
 #
@@ -58,8 +58,32 @@ case "${1:-}" in
     grep -E '^\[  (PASSED|FAILED) |tests? ran' "$out/agreement.log" || tail -n 5 "$out/agreement.log"
     timeout $((budget * 55 / 100)) build-gpu/normbench sweep configs/gpu.toml --out "$out/gpu.csv" \
       --quiet 2>&1 | tail -n 3 || status=$?
-    NB_CUDA_ROWS=shared timeout $((budget * 20 / 100)) build-gpu/normbench sweep configs/gpu.toml \
-      --backends cuda --methods layernorm,rmsnorm --out "$out/gpu_rows_shared.csv" --quiet 2>&1 |
+    # The LLM rows (the first cases of configs/gpu.toml) with the shared-memory row kernels,
+    # training forward and backward, timed input only: the comparison for the register kernels.
+    cat >"$out/gpu_rows_shared.toml" <<'TOML'
+[sweep]
+name = "gpu_rows_shared"
+backends = ["cuda"]
+repetitions = 5
+min_time = 0.02
+modes = ["cold"]
+distributions = ["normal"]
+
+[[cases]]
+methods = ["rmsnorm"]
+passes = ["fwd_train", "bwd"]
+dtypes = ["bf16", "f32"]
+shapes = ["t16384d4096", "t8192d8192", "t4096d16384", "t131072d128", "t2048d4096", "t8192d5120"]
+eps = [1e-6]
+
+[[cases]]
+methods = ["layernorm"]
+passes = ["fwd_train", "bwd"]
+dtypes = ["bf16", "f32"]
+shapes = ["t16384d4096", "t8192d8192", "t4096d16384", "t131072d128", "t2048d4096", "t8192d5120"]
+TOML
+    NB_CUDA_ROWS=shared timeout $((budget * 20 / 100)) build-gpu/normbench sweep \
+      "$out/gpu_rows_shared.toml" --out "$out/gpu_rows_shared.csv" --quiet 2>&1 |
       tail -n 3 || status=$?
     wc -l "$out"/*.csv
     exit "$status"
