@@ -158,18 +158,21 @@ TEST_P(BackendAgreement, MatchesReferenceOnAwkwardShapes) {
 /// channels, GroupNorm/InstanceNorm NHWC samples) of more than one pipeline chunk (avx512: 16 KiB
 /// of x, 128 KiB NHWC blocks, in every dtype), so the pipelines that write unit u while reducing
 /// unit u+1 chunk by chunk run; n2c5h200w200 has H*W above the f32 chunk (chunks are pieces of one
-/// segment), n2c8h150w150g2 GroupNorm NCHW units (n, g) of several chunks.
+/// segment), n2c8h150w150g2 GroupNorm NCHW units (n, g) of several chunks. C = 1030 (rows of one
+/// pattern period, walked in 64-channel tiles with a masked last vector) has NHWC samples (and a
+/// BatchNorm NHWC tensor) of several statistics blocks (avx512 rows_per_moment_block: 127 rows in
+/// f32, 128 in 16-bit), whose centers come from the previous block or sample and are checked.
 std::vector<std::string> threaded_shapes_for(Method m) {
   switch (m) {
     case Method::batchnorm:
-      return {"n3c5h53w53", "n5c5h120w120", "n2c5h200w200"};
+      return {"n3c5h53w53", "n5c5h120w120", "n2c5h200w200", "n5c1030h12w12"};
     case Method::instancenorm:
-      return {"n3c5h53w53", "n5c5h120w120"};
+      return {"n3c5h53w53", "n5c5h120w120", "n5c1030h12w12"};
     case Method::layernorm:
     case Method::rmsnorm:
       return {"t33d1031"};
     case Method::groupnorm:
-      return {"n3c12h53w53g4", "n5c12h75w75g4", "n2c8h150w150g2"};
+      return {"n3c12h53w53g4", "n5c12h75w75g4", "n2c8h150w150g2", "n5c1030h12w12g10"};
   }
   return {};
 }

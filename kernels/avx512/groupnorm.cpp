@@ -547,11 +547,11 @@ NB_AVX512 void nhwc_write_sample(const T* x, T* y, int64_t n, const ChannelPatte
 }
 
 /// Samples n0 .. n1-1 of one thread, software-pipelined across samples: y of sample n is written
-/// one block of rows_per_block rows at a time (x from the last-level cache: a sample of more than
-/// the L2 was evicted since its statistics), and after each block the statistics of the same rows
-/// of sample n+1 are accumulated (accumulate_moment_block), their lines prefetched into L2 while
-/// the block of y was written. The DRAM reads of sample n+1 thus overlap the streaming writes of
-/// sample n, and the two statistics passes over a block read L2 rather than the LLC. The blocks
+/// one block of rows_per_moment_block rows at a time (x from the last-level cache: a sample of more
+/// than the L2 was evicted since its statistics), and after each block the statistics of the same
+/// rows of sample n+1 are accumulated (accumulate_moment_block), their lines prefetched into L2
+/// while the block of y was written. The DRAM reads of sample n+1 thus overlap the streaming writes
+/// of sample n, and the two statistics passes over a block read L2 rather than the LLC. The blocks
 /// are those of accumulate_channel_moments and the hint the previous sample's moments. The blocks
 /// go up and down the rows in turn (snake order): a sample's write pass starts with the blocks
 /// its statistics read last, some of which are still in L2 rather than only in the LLC (measured
@@ -566,7 +566,7 @@ NB_AVX512 void nhwc_forward_samples(const Problem& p, const KernelArgs& a, int64
   ChannelScratch scratch(pat);
   WritePatterns w(pat);
   std::vector<float> tmp(gr.c);
-  const int64_t block = gr.s * gr.c, block_rows = rows_per_block<T>(pat);
+  const int64_t block = gr.s * gr.c, block_rows = rows_per_moment_block<T>(pat);
   const int64_t nblocks = (gr.s + block_rows - 1) / block_rows;
   ChannelMoments cm(gr.c), next(gr.c);
   Prefetcher none;
