@@ -60,6 +60,18 @@ NB_DEVICE std::int64_t gamma_index(const RowsParams& p, std::int64_t i) {
 }
 
 /// Row reduction helper: a warp's or the whole block's sum.
+/// Row `row` of the backward's [rows][d] tensors x, dy and dx (both backward kernels).
+template <class T>
+struct BackwardRow {
+  const T* x;
+  const T* dy;
+  T* dx;
+  NB_DEVICE BackwardRow(const RowsParams& p, std::int64_t row, std::int64_t d)
+      : x(static_cast<const T*>(p.x) + row * d),
+        dy(static_cast<const T*>(p.dy) + row * d),
+        dx(static_cast<T*>(p.dx) + row * d) {}
+};
+
 template <bool kWarpPerRow>
 NB_DEVICE float row_sum(float v, float* scratch) {
   if constexpr (kWarpPerRow)
@@ -179,9 +191,7 @@ __global__ void __launch_bounds__(1024) rows_backward_kernel(RowsParams p) {
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * slots + group; row < p.rows;
        row += static_cast<std::int64_t>(gridDim.x) * slots) {
-    const T* x = static_cast<const T*>(p.x) + row * d;
-    const T* dy = static_cast<const T*>(p.dy) + row * d;
-    T* dx = static_cast<T*>(p.dx) + row * d;
+    const auto [x, dy, dx] = BackwardRow<T>(p, row, d);
     const float mean = kRms ? 0.f : p.mean[row], invstd = p.invstd[row];
     float s_gd = 0.f, s_gdx = 0.f;  // sum g*dy, sum g*dy*xhat
     auto accumulate = [&](std::int64_t i, float xv, float dyv) {
@@ -389,9 +399,7 @@ __global__ void __launch_bounds__(512) rows_backward_regs_kernel(RowsParams p) {
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * slots + group; row < p.rows;
        row += static_cast<std::int64_t>(gridDim.x) * slots) {
-    const T* x = static_cast<const T*>(p.x) + row * d;
-    const T* dy = static_cast<const T*>(p.dy) + row * d;
-    T* dx = static_cast<T*>(p.dx) + row * d;
+    const auto [x, dy, dx] = BackwardRow<T>(p, row, d);
     float xv[kPacks][kSize], gv[kPacks][kSize];
     NB_UNROLL
     for (int k = 0; k < kPacks; ++k) {  // every load issued before the first use
